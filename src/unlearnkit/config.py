@@ -1,0 +1,189 @@
+"""Typed, validated configuration dataclasses.
+
+A config is a keyword-only dataclass whose ``constraints`` class variable maps
+each field to the values it accepts (an ``Interval``, ``Options``, a type or
+``None``); a value passes if any one constraint accepts it. Violations raise
+``InvalidConfigError`` in the form
+"The 'lr' parameter of FinetuneConfig must be a float in the range (0.0, inf). Got -0.1 instead."
+Rules that span several fields go in ``_check_consistency``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any, ClassVar
+
+from .errors import InvalidConfigError
+
+
+class Constraint:
+    def accepts(self, value: Any) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Interval(Constraint):
+    """A number of ``kind`` (int or float) between ``low`` and ``high``; None = unbounded."""
+
+    kind: type
+    low: float | None
+    high: float | None
+    closed: str = "both"  # "both", "left", "right", "neither"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return False
+        if self.kind is int and not isinstance(value, Integral):
+            return False
+        if self.kind is float and not isinstance(value, Real):
+            return False
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        left_closed = self.closed in ("both", "left")
+        right_closed = self.closed in ("both", "right")
+        if self.low is not None and (value < self.low or (value == self.low and not left_closed)):
+            return False
+        if self.high is not None and (value > self.high or (value == self.high and not right_closed)):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        name = "an int" if self.kind is int else "a float"
+        left = "[" if self.closed in ("both", "left") and self.low is not None else "("
+        right = "]" if self.closed in ("both", "right") and self.high is not None else ")"
+        low = "-inf" if self.low is None else repr(float(self.low) if self.kind is float else self.low)
+        high = "inf" if self.high is None else repr(float(self.high) if self.kind is float else self.high)
+        return f"{name} in the range {left}{low}, {high}{right}"
+
+
+@dataclass(frozen=True)
+class Options(Constraint):
+    values: frozenset
+
+    def __init__(self, *values):
+        object.__setattr__(self, "values", frozenset(values))
+
+    def accepts(self, value: Any) -> bool:
+        try:
+            return value in self.values
+        except TypeError:
+            return False
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in sorted(self.values, key=str))
+
+
+@dataclass(frozen=True)
+class InstanceOf(Constraint):
+    kind: type | tuple
+    description: str = ""
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, self.kind) and not (isinstance(value, bool) and self.kind is not bool)
+
+    def __str__(self) -> str:
+        if self.description:
+            return self.description
+        return f"an instance of {getattr(self.kind, '__name__', self.kind)}"
+
+
+def _as_constraint(c: Any) -> Constraint:
+    if isinstance(c, Constraint):
+        return c
+    if c is None:
+        return _NoneConstraint()
+    if c is bool or c == "boolean":
+        return InstanceOf(bool, "a bool")
+    if isinstance(c, type):
+        return InstanceOf(c, f"an instance of {c.__name__}")
+    raise TypeError(f"not a constraint: {c!r}")
+
+
+class _NoneConstraint(Constraint):
+    def accepts(self, value: Any) -> bool:
+        return value is None
+
+    def __str__(self) -> str:
+        return "None"
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def check_value(owner: str, name: str, value: Any, constraints: list) -> None:
+    cs = [_as_constraint(c) for c in constraints]
+    if any(c.accepts(value) for c in cs):
+        return
+    raise InvalidConfigError(
+        f"The {name!r} parameter of {owner} must be {_join([str(c) for c in cs])}. Got {value!r} instead."
+    )
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Base of every unlearnkit config: validation, ``to_dict`` and ``replace``."""
+
+    constraints: ClassVar[dict[str, list]] = {}
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        owner = type(self).__name__
+        for f in dataclasses.fields(self):
+            allowed = self.all_constraints().get(f.name)
+            if allowed is not None:
+                check_value(owner, f.name, getattr(self, f.name), allowed)
+        self._check_consistency()
+
+    @classmethod
+    def all_constraints(cls) -> dict[str, list]:
+        merged: dict[str, list] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(getattr(klass, "constraints", {}) or {})
+        return merged
+
+    def _check_consistency(self) -> None:
+        """Override for rules that involve several fields."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise InvalidConfigError(
+                f"Unknown parameter(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
+                f"allowed: {', '.join(cls.field_names())}."
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def help_for(cls, name: str) -> str:
+        for f in dataclasses.fields(cls):
+            if f.name == name:
+                return f.metadata.get("help", "")
+        return ""
+
+
+def field(default: Any, help: str, **kwargs):
+    """A dataclass field with its help text (used by the CLI and docs)."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)

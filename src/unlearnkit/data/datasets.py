@@ -1,0 +1,253 @@
+"""Built-in datasets and the in-memory tensor dataset they share.
+
+``ArrayDataset`` keeps the raw samples (uint8 for images) in memory, converts a
+batch to normalised float on the fly, and lets the training loop index whole
+batches at once instead of going through a DataLoader sample by sample.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import UnlearnkitError, unknown_name_error
+
+DATA_ENV = "UNLEARNKIT_DATA"
+
+
+class ArrayDataset(Dataset):
+    """Samples ``x`` (N, C, H, W) or (N, F) and integer labels ``y``, normalised per batch.
+
+    ``x`` may be uint8 (then divided by ``scale``) or float; ``mean``/``std`` are per channel.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, scale: float = 1.0,
+                 mean=None, std=None, classes: list[str] | None = None, name: str = "arrays"):
+        if len(x) != len(y):
+            raise UnlearnkitError(f"x has {len(x)} samples but y has {len(y)}.")
+        self.x = x
+        self.y = y.long()
+        self.scale = float(scale)
+        shape = (1, -1) + (1,) * (x.dim() - 2) if x.dim() > 2 else (1, -1)
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).view(*shape)
+        self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32).view(*shape)
+        self.classes = classes
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def normalize(self, xb: torch.Tensor) -> torch.Tensor:
+        xb = xb.float()
+        if self.scale != 1.0:
+            xb = xb / self.scale
+        if self.mean is not None:
+            xb = (xb - self.mean.to(xb.device)) / self.std.to(xb.device)
+        return xb
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.normalize(self.x[indices]), self.y[indices]
+
+    def __getitem__(self, i: int):
+        x, y = self.batch(torch.as_tensor([i]))
+        return x[0], int(y[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else int(self.y.max()) + 1
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+@dataclass
+class DatasetSplits:
+    """A training set (whose indices are the stable sample ids) and a test set."""
+
+    train: Dataset
+    test: Dataset
+    name: str
+    num_classes: int
+    sample_shape: tuple[int, ...]
+
+    @property
+    def in_channels(self) -> int:
+        return self.sample_shape[0] if len(self.sample_shape) == 3 else 1
+
+    @property
+    def image_size(self) -> int | None:
+        return self.sample_shape[-1] if len(self.sample_shape) == 3 else None
+
+
+_DATASETS: dict[str, Callable[..., DatasetSplits]] = {}
+
+
+def register_dataset(name: str):
+    def wrap(fn):
+        if name in _DATASETS:
+            raise KeyError(f"dataset {name!r} is already registered")
+        _DATASETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, **kwargs) -> DatasetSplits:
+    """Load a built-in dataset by name: ``digits`` (bundled), ``mnist``, ``cifar10``."""
+    if name not in _DATASETS:
+        raise unknown_name_error("dataset", name, _DATASETS)
+    return _DATASETS[name](root=root, **kwargs)
+
+
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    return order[n_test:], order[:n_test]
+
+
+@register_dataset("digits")
+def digits(root=None, test_fraction: float = 0.25, split_seed: int = 0) -> DatasetSplits:
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes); a fixed seeded 75/25 split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.float32)[:, None]  # (N, 1, 8, 8), values 0..16
+    y = d.target.astype(np.int64)
+    tr, te = _split(x, y, test_fraction, split_seed)
+    kw = dict(scale=16.0, mean=[0.3], std=[0.4], classes=[str(i) for i in range(10)], name="digits")
+    return DatasetSplits(ArrayDataset(torch.from_numpy(x[tr]), torch.from_numpy(y[tr]), **kw),
+                         ArrayDataset(torch.from_numpy(x[te]), torch.from_numpy(y[te]), **kw),
+                         "digits", 10, (1, 8, 8))
+
+
+def find_data_file(filename: str, root=None) -> Path:
+    """Look for ``filename`` in ``root``, then $UNLEARNKIT_DATA, then ../shared/data."""
+    candidates = []
+    if root is not None:
+        root = Path(root)
+        candidates.append(root if root.is_file() else root / filename)
+    if os.environ.get(DATA_ENV):
+        candidates.append(Path(os.environ[DATA_ENV]) / filename)
+    candidates += [Path.cwd() / "data" / filename, Path.cwd().parent / "shared" / "data" / filename]
+    for path in candidates:
+        if path.is_file():
+            return path
+    where = ", ".join(str(c) for c in candidates)
+    raise UnlearnkitError(
+        f"Data file {filename!r} not found (looked in: {where}); pass --data-root or set ${DATA_ENV}."
+    )
+
+
+def _load_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            return {k: d[k] for k in d.files}
+    except (OSError, ValueError) as e:
+        raise UnlearnkitError(f"Cannot read {path}: {e}") from None
+
+
+MNIST_MEAN, MNIST_STD = [0.1307], [0.3081]
+CIFAR10_MEAN, CIFAR10_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@register_dataset("mnist")
+def mnist(root=None) -> DatasetSplits:
+    """MNIST from ``mnist.npz`` (keys x_train, y_train, x_test, y_test, uint8)."""
+    d = _load_npz(find_data_file("mnist.npz", root))
+    kw = dict(scale=255.0, mean=MNIST_MEAN, std=MNIST_STD, classes=[str(i) for i in range(10)], name="mnist")
+    train = ArrayDataset(torch.from_numpy(d["x_train"][:, None]), torch.from_numpy(d["y_train"].astype(np.int64)), **kw)
+    test = ArrayDataset(torch.from_numpy(d["x_test"][:, None]), torch.from_numpy(d["y_test"].astype(np.int64)), **kw)
+    return DatasetSplits(train, test, "mnist", 10, (1, 28, 28))
+
+
+def _decode_jpegs(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    out = np.empty((len(offsets) - 1, 32, 32, 3), dtype=np.uint8)
+    for i in range(len(offsets) - 1):
+        out[i] = np.asarray(Image.open(io.BytesIO(data[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+    return out
+
+
+def _cifar10_from_torchvision(root: Path) -> tuple[np.ndarray, ...]:
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError:
+        raise UnlearnkitError(
+            f"{root} looks like a torchvision CIFAR-10 root but torchvision is not installed; "
+            "pip install 'unlearnkit[vision]'."
+        ) from None
+    tr = CIFAR10(str(root), train=True, download=False)
+    te = CIFAR10(str(root), train=False, download=False)
+    return tr.data, np.asarray(tr.targets), te.data, np.asarray(te.targets)
+
+
+@register_dataset("cifar10")
+def cifar10(root=None, subset: int | None = None, subset_seed: int = 0) -> DatasetSplits:
+    """CIFAR-10 from ``cifar10_jpeg.npz`` (decoded once, kept as uint8) or a torchvision root.
+
+    ``subset`` keeps a seeded, class-balanced subset of that many training images.
+    """
+    tv_dir = None if root is None else Path(root) / "cifar-10-batches-py"
+    if tv_dir is not None and tv_dir.is_dir():
+        xtr, ytr, xte, yte = _cifar10_from_torchvision(Path(root))
+    else:
+        d = _load_npz(find_data_file("cifar10_jpeg.npz", root))
+        xtr, ytr = _decode_jpegs(d["train_bytes"], d["train_offsets"]), d["train_labels"].astype(np.int64)
+        xte, yte = _decode_jpegs(d["test_bytes"], d["test_offsets"]), d["test_labels"].astype(np.int64)
+        # the file is ordered by class; shuffle once with a fixed seed so ids are stable
+        order = np.random.default_rng(1234).permutation(len(ytr))
+        xtr, ytr = xtr[order], ytr[order]
+    if subset is not None:
+        rng = np.random.default_rng(subset_seed)
+        per_class = subset // 10
+        keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(ytr == c))[:per_class] for c in range(10)]))
+        xtr, ytr = xtr[keep], ytr[keep]
+    kw = dict(scale=255.0, mean=CIFAR10_MEAN, std=CIFAR10_STD, classes=CIFAR10_CLASSES, name="cifar10")
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
+    train = ArrayDataset(to_t(xtr), torch.from_numpy(np.asarray(ytr, dtype=np.int64)), **kw)
+    test = ArrayDataset(to_t(xte), torch.from_numpy(np.asarray(yte, dtype=np.int64)), **kw)
+    return DatasetSplits(train, test, "cifar10", 10, (3, 32, 32))
+
+
+def describe_dataset(dataset: Dataset) -> tuple[int, tuple[int, ...]]:
+    """Number of classes and sample shape of any (x, y) dataset."""
+    if isinstance(dataset, ArrayDataset):
+        return dataset.num_classes, dataset.sample_shape
+    labels = dataset_labels(dataset)
+    x0, _ = dataset[0]
+    return int(labels.max()) + 1, tuple(torch.as_tensor(x0).shape)
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """All labels of a dataset, without loading inputs where the dataset allows it."""
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, ArrayDataset):
+        return dataset.y
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    for attr in ("targets", "labels"):
+        if hasattr(dataset, attr):
+            return torch.as_tensor(np.asarray(getattr(dataset, attr)), dtype=torch.long)
+    ys = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise UnlearnkitError(f"Dataset items must be (x, y) pairs; item {i} is {type(item).__name__}.")
+        ys.append(int(item[1]))
+    return torch.tensor(ys, dtype=torch.long)

@@ -1,0 +1,61 @@
+"""Model registry by name (timm-style): ``create_model("resnet20", num_classes=10, in_channels=3)``."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import UnlearnkitError, unknown_name_error
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    name = fn.__name__
+    if name in _MODELS:
+        raise KeyError(f"model {name!r} is already registered")
+    _MODELS[name] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int | None = 32,
+                 input_dim: int | None = None, **kwargs) -> nn.Module:
+    """Build a registered model; kwargs set to None fall back to the model's defaults."""
+    if ":" in name:
+        from .external import create_external_model
+
+        return create_external_model(name, num_classes=num_classes, in_channels=in_channels,
+                                     image_size=image_size, **kwargs)
+    if name not in _MODELS:
+        raise unknown_name_error("model", name, _MODELS)
+    fn = _MODELS[name]
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    accepted = inspect.signature(fn).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        allowed = [p for p in accepted if p not in ("num_classes", "in_channels", "image_size", "input_dim")]
+        raise UnlearnkitError(f"Unknown argument(s) {', '.join(unknown)} for model {name!r}; allowed: {', '.join(allowed)}.")
+    context = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, input_dim=input_dim)
+    kwargs.update({k: v for k, v in context.items() if k in accepted})
+    return fn(**kwargs)
+
+
+def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """Name and module of the classifier head: ``model.head`` if set, else the last Linear."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear):
+        return "head", head
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    if last is None:
+        raise UnlearnkitError(f"{type(model).__name__} has no nn.Linear classifier head.")
+    return last

@@ -1,0 +1,176 @@
+"""The one training loop every method and the recipe trainer use.
+
+``fit`` runs epochs of ``step_fn(model, x, y) -> loss`` with an optimizer, an
+optional per-step LR schedule and an optional ``ParamMask``; it stops with a
+``DivergenceError`` on a non-finite loss and counts sample-passes (forward +
+backward per sample) so cost compares across machines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .config import Config, Interval, Options, field
+from .data.loading import iterate_batches, num_batches
+from .errors import DivergenceError
+from .masking import ParamMask
+from .progress import progress_bar
+from .utils import model_device, seed_everything
+
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Counter:
+    sample_passes: int = 0
+    steps: int = 0
+
+
+def make_optimizer(params: Iterable, name: str, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int):
+    if name == "constant":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(total_steps, 1))))
+    if name == "step":  # x0.1 at 50% and 75% of training
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.1 ** ((s >= 0.5 * total_steps) + (s >= 0.75 * total_steps)))
+    raise ValueError(f"unknown schedule {name!r}")
+
+
+def cross_entropy_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(loss).all():
+        raise DivergenceError(
+            f"{where}: the loss became {loss.item()} (diverged); lower the learning rate. "
+            "The input model was left unchanged."
+        )
+
+
+def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.optim.Optimizer, *,
+        epochs: int, batch_size: int, generator: torch.Generator, schedule: str = "constant",
+        augment: bool = False, mask: ParamMask | None = None, counter: Counter | None = None,
+        description: str = "train", drop_last: bool = False, max_steps: int | None = None,
+        train_mode: bool = True) -> Counter:
+    """Train ``model`` in place for ``epochs`` over ``dataset``."""
+    counter = counter or Counter()
+    device = model_device(model)
+    steps_per_epoch = num_batches(dataset, batch_size, drop_last)
+    total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
+    scheduler = make_schedule(optimizer, schedule, total)
+    model.train(train_mode)
+    done = 0
+    with progress_bar(total, description) as bar:
+        for _ in range(epochs):
+            for x, y in iterate_batches(dataset, batch_size, shuffle=True, generator=generator,
+                                        augment=augment, device=device, drop_last=drop_last):
+                loss = step_fn(model, x, y)
+                check_finite(loss, description)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if mask is not None:
+                    mask.zero_frozen_grads()
+                optimizer.step()
+                if mask is not None:
+                    mask.restore_frozen()
+                if scheduler is not None:
+                    scheduler.step()
+                counter.sample_passes += len(x)
+                counter.steps += 1
+                done += 1
+                bar.advance(1, status=f"loss {loss.item():.3f}")
+                if done >= total:
+                    return counter
+    return counter
+
+
+@dataclass(kw_only=True)
+class Recipe(Config):
+    """How to train a model from scratch: used for the original and for the retrain oracle."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = field("sgd", "Optimizer.")
+    lr: float = field(0.1, "Peak learning rate.")
+    momentum: float = field(0.9, "SGD momentum.")
+    weight_decay: float = field(5e-4, "L2 weight decay.")
+    epochs: int = field(30, "Training epochs.")
+    batch_size: int = field(128, "Batch size.")
+    schedule: Literal["constant", "cosine", "step"] = field("cosine", "Per-step LR schedule.")
+    augment: bool = field(False, "Random crop (pad 4) and horizontal flip, for 32x32 images.")
+    label_smoothing: float = field(0.0, "Label smoothing of the cross-entropy.")
+    seed: int = field(0, "Seed of initialisation-independent randomness (batch order, augmentation).")
+
+    constraints = {
+        "optimizer": [Options("sgd", "adam", "adamw")],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "momentum": [Interval(float, 0, 1, closed="left")],
+        "weight_decay": [Interval(float, 0, None, closed="left")],
+        "epochs": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "schedule": [Options("constant", "cosine", "step")],
+        "augment": [bool],
+        "label_smoothing": [Interval(float, 0, 1, closed="left")],
+        "seed": [Interval(int, 0, None)],
+    }
+
+
+def train(model: nn.Module, dataset: Dataset, recipe: Recipe | None = None, *,
+          counter: Counter | None = None, description: str = "train", **overrides) -> nn.Module:
+    """Train ``model`` in place on ``dataset`` with ``recipe``; returns the model."""
+    recipe = (recipe or Recipe()).replace(**overrides) if overrides else (recipe or Recipe())
+    generator = seed_everything(recipe.seed)
+    optimizer = make_optimizer(model.parameters(), recipe.optimizer, recipe.lr, recipe.momentum, recipe.weight_decay)
+    smoothing = recipe.label_smoothing
+
+    def step(m, x, y):
+        return F.cross_entropy(m(x), y, label_smoothing=smoothing)
+
+    fit(model, dataset, step, optimizer, epochs=recipe.epochs, batch_size=recipe.batch_size, generator=generator,
+        schedule=recipe.schedule, augment=recipe.augment, counter=counter, description=description)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every sample, in order, without gradients (model in eval mode)."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    logits, labels = [], []
+    for x, y in iterate_batches(dataset, batch_size, device=device):
+        logits.append(model(x).float().cpu())
+        labels.append(y.cpu())
+    model.train(was_training)
+    if not logits:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def accuracy(model: nn.Module, dataset: Dataset | None, batch_size: int = 512) -> float:
+    """Top-1 accuracy in percent (NaN for an empty or missing dataset)."""
+    if dataset is None or len(dataset) == 0:
+        return float("nan")
+    logits, labels = predict_logits(model, dataset, batch_size)
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
