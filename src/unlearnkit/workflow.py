@@ -1,0 +1,130 @@
+"""The steps the CLI chains: train an original, load it back with its data, run a method.
+
+Kept apart from the typer layer so the benchmark and the API share them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .data import DatasetSplits, dataset_labels, load_dataset, make_unlearning_data
+from .errors import UnlearnkitError
+from .methods import make_config, method_spec
+from .models import create_model
+from .training import Recipe, train
+from .utils import resolve_device, stable_hash
+
+
+def dataset_fingerprint(splits: DatasetSplits) -> str:
+    """Hash of the training labels and sizes: enough to refuse a checkpoint of other data."""
+    return stable_hash({"name": splits.name, "n_train": len(splits.train), "n_test": len(splits.test),
+                        "labels": dataset_labels(splits.train).tolist()})
+
+
+def model_args_for(splits: DatasetSplits, **model_kwargs) -> dict[str, Any]:
+    return {"num_classes": splits.num_classes, "in_channels": splits.in_channels,
+            "image_size": splits.image_size, **{k: v for k, v in model_kwargs.items() if v is not None}}
+
+
+def train_original(dataset: str, model_name: str, recipe: Recipe, *, seed: int = 0, device: str = "auto",
+                   data_root: str | None = None, dataset_args: dict | None = None, model_kwargs: dict | None = None,
+                   splits: DatasetSplits | None = None) -> tuple[torch.nn.Module, dict[str, Any], DatasetSplits]:
+    """Train a registered model on a built-in dataset; returns (model, checkpoint metadata, splits)."""
+    dataset_args = dict(dataset_args or {})
+    splits = splits or load_dataset(dataset, root=data_root, **dataset_args)
+    args = model_args_for(splits, **(model_kwargs or {}))
+    torch.manual_seed(seed)
+    model = create_model(model_name, **args).to(resolve_device(device))
+    train(model, splits.train, recipe.replace(seed=seed), description=f"train {model_name}")
+    meta = {"model": model_name, "model_args": args, "num_classes": splits.num_classes,
+            "dataset": {"name": dataset, "args": dataset_args, "fingerprint": dataset_fingerprint(splits)},
+            "recipe": recipe.replace(seed=seed).to_dict(), "seed": seed}
+    return model, meta, splits
+
+
+def load_original(checkpoint: str | Path, *, data_root: str | None = None, device: str = "auto"):
+    """Load a checkpoint and the dataset it was trained on (checked by fingerprint)."""
+    meta = read_meta(checkpoint)
+    info = meta.get("dataset") or {}
+    if "name" not in info:
+        raise UnlearnkitError(f"Checkpoint {str(checkpoint)!r} does not record its dataset.")
+    splits = load_dataset(info["name"], root=data_root, **info.get("args", {}))
+    if info.get("fingerprint") and info["fingerprint"] != dataset_fingerprint(splits):
+        raise UnlearnkitError(
+            f"Checkpoint {str(checkpoint)!r} was trained on other {info['name']} data (fingerprint mismatch)."
+        )
+    model, meta = load_checkpoint(checkpoint, num_classes=splits.num_classes, device=resolve_device(device))
+    return model, meta, splits
+
+
+def parse_overrides(method: str, pairs: list[str]) -> dict[str, Any]:
+    """``["lr=0.01", "epochs=3"]`` -> typed config overrides for ``method``."""
+    config_class = method_spec(method).config_class
+    hints = typing.get_type_hints(config_class)
+    names = [f.name for f in dataclasses.fields(config_class)]
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise UnlearnkitError(f"--set expects KEY=VALUE; got {pair!r}.")
+        if key not in names:
+            raise UnlearnkitError(f"Unknown parameter {key!r} for method {method!r}; allowed: {', '.join(names)}.")
+        out[key] = _parse_value(raw.strip(), hints.get(key, str), key)
+    return out
+
+
+def _parse_value(raw: str, hint, key: str):
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if raw.lower() == "none" and type(None) in typing.get_args(hint):
+        return None
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        for a in args:
+            try:
+                return _parse_value(raw, a, key)
+            except UnlearnkitError:
+                continue
+        raise UnlearnkitError(f"Cannot parse {raw!r} for {key!r}.")
+    if origin is typing.Literal:
+        return raw
+    if origin in (tuple, list):
+        inner = args[0] if args else str
+        return tuple(_parse_value(t, inner, key) for t in raw.split(",") if t)
+    try:
+        if hint is bool:
+            if raw.lower() in ("true", "1", "yes", "on"):
+                return True
+            if raw.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+    except ValueError:
+        raise UnlearnkitError(f"Cannot parse {raw!r} as {getattr(hint, '__name__', hint)} for {key!r}.") from None
+    return raw
+
+
+def method_config_for(method: str, meta: dict[str, Any], overrides: dict[str, Any]):
+    """A method's config; retrain defaults to the original's recipe stored in the checkpoint."""
+    base: dict[str, Any] = {}
+    if method == "retrain" and "recipe" in meta:
+        base = {k: v for k, v in meta["recipe"].items() if k != "seed"}
+    return make_config(method, base, **overrides)
+
+
+def forget_data(splits: DatasetSplits, spec: str, seed: int):
+    return make_unlearning_data(splits.train, splits.test, spec, seed=seed, num_classes=splits.num_classes)
+
+
+def save_model(directory: str | Path, model: torch.nn.Module, meta: dict[str, Any], extra: dict[str, Any]):
+    keep = {k: meta[k] for k in ("model", "model_args", "num_classes", "dataset", "recipe") if k in meta}
+    return save_checkpoint(directory, model, {**keep, **extra})
