@@ -6,14 +6,15 @@ from .api import unlearn
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .data import load_dataset, make_unlearning_data, select_forget
 from .errors import DivergenceError, InvalidConfigError, UnlearnkitError
+from .metrics import Evaluation, evaluate
 from .methods import create_method, get_method, list_methods, make_config, register_method
 from .models import create_model, list_models
 from .pruning import PruningResult, prune
 from .training import Recipe, accuracy, train
 
 __all__ = [
-    "DivergenceError", "InvalidConfigError", "Recipe", "UnlearnkitError", "accuracy", "create_method",
-    "create_model", "get_method", "list_methods", "list_models", "load_checkpoint", "load_dataset",
+    "DivergenceError", "Evaluation", "InvalidConfigError", "Recipe", "UnlearnkitError", "accuracy", "create_method",
+    "create_model", "evaluate", "get_method", "list_methods", "list_models", "load_checkpoint", "load_dataset",
     "load_weights", "make_config", "make_unlearning_data", "register_method", "save_checkpoint",
     "select_forget", "train", "unlearn", "prune", "PruningResult",
 ]
