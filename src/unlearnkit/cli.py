@@ -115,6 +115,7 @@ def forget(
 ):
     """Unlearn a forget set from a checkpoint with one method."""
     from .api import unlearn
+    from .metrics import evaluate
     from .utils import atomic_write_json
     from .workflow import forget_data, load_original, method_config_for, parse_overrides, save_model
 
@@ -124,23 +125,59 @@ def forget(
     config = method_config_for(method, meta, parse_overrides(method, set_))
     data = forget_data(splits, forget_spec, seed)
     result = unlearn(net, data.retain, data.forget, method, config=config, device=device, seed=seed)
-    report = _evaluate_for_cli(result.model, data, seed)
-    record = {"result": result.to_dict(), "forget": data.request.to_dict(), "evaluation": report,
+    evaluation = evaluate(result.model, data, result=result, seed=seed)
+    record = {"result": result.to_dict(), "forget": data.request.to_dict(), "evaluation": evaluation.to_dict(),
               "original": str(checkpoint)}
     save_model(out, result.model, meta, {"unlearned": {"method": method, "forget": data.request.to_dict(),
                                                        "config": config.to_dict(), "seed": seed}})
     atomic_write_json(Path(out) / "result.json", record)
-    rows = [[method, *[report[k] for k in ("forget_acc", "retain_acc", "test_acc")], result.seconds]]
-    console.print(_table(f"forget {forget_spec}", ["method", "forget acc", "retain acc", "test acc", "seconds"], rows))
+    summary = evaluation.summary()
+    columns = ["UA", "RA", "TA", "MIA-Efficacy"]
+    rows = [[method, *[summary[k] for k in columns], result.seconds]]
+    console.print(_table(f"forget {forget_spec}", ["method", *columns, "seconds"], rows))
     console.print(f"unlearned model -> {out}")
 
 
-def _evaluate_for_cli(model, data, seed: int) -> dict:
-    from .training import accuracy
+@app.command("eval")
+def eval_(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint directory of the model to evaluate."),
+    forget_spec: str = typer.Option(..., "--forget", "-f", help="class:K[,K], random:F or ids:FILE."),
+    reference: Optional[Path] = typer.Option(None, "--reference", "-r",
+                                             help="Checkpoint of the reference (normally the retrain oracle)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the evaluation as JSON to this file."),
+    data_root: Optional[str] = DataRootOpt,
+    seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
+):
+    """Evaluate a checkpoint on a forget request (UA, RA, TA, MIA, gaps to a reference); see docs/metrics.md."""
+    from .metrics import evaluate
+    from .utils import atomic_write_json
+    from .workflow import forget_data, load_original
 
-    test = data.test_retain if data.test_retain is not None else data.test
-    return {"forget_acc": accuracy(model, data.forget), "retain_acc": accuracy(model, data.retain),
-            "test_acc": accuracy(model, test)}
+    _setup(quiet)
+    net, _, splits = load_original(checkpoint, data_root=data_root, device=device)
+    data = forget_data(splits, forget_spec, seed)
+    ref = load_original(reference, data_root=data_root, device=device)[0] if reference is not None else None
+    result = _stored_result(checkpoint, data.request.to_dict())
+    evaluation = evaluate(net, data, reference=ref, result=result, seed=seed)
+    record = {**evaluation.to_dict(), "checkpoint": str(checkpoint),
+              "reference": str(reference) if reference is not None else None}
+    if out is not None:
+        atomic_write_json(out, record)
+    console.print(evaluation.table(f"eval {checkpoint} on {forget_spec}"))
+    if out is not None:
+        console.print(f"evaluation -> {out}")
+
+
+def _stored_result(checkpoint: Path, request: dict) -> dict | None:
+    """The run facts `unlearnkit forget` stored next to the checkpoint, when they are of this request."""
+    path = Path(checkpoint) / "result.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("forget") != request or not isinstance(record.get("result"), dict):
+        return None
+    return record["result"]
 
 
 @app.command()
