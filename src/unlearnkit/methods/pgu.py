@@ -1,1 +1,248 @@
-"""(being implemented)"""
+"""Projected-Gradient Unlearning (PGU): forget-loss SGD orthogonal to the retain inputs of each layer.
+
+Hoang, Rana, Gupta and Venkatesh, "Learn to Unlearn for Deep Neural Networks:
+Minimizing Unlearning Interference with Gradient Projection", WACV 2024,
+arXiv 2312.04095. See ``unlearnkit.pgu`` for the Gram cache (prepare once,
+downdate per request) and ``docs/methods/pgu.md``.
+
+Per request: retain Gram = cached Gram - forget Gram; per Linear/Conv2d layer
+(and group) keep the top eigenvectors U up to the energy threshold ``energy``;
+then plain SGD on the forget loss with every weight gradient projected,
+``g <- g - g U U^T`` (conv weights as out x (in*kh*kw)); weight decay is added
+to g before projecting; no momentum (it would carry unprojected history).
+BatchNorm runs in eval mode; biases, BatchNorm/LayerNorm parameters, embeddings
+and every other non-matrix parameter are frozen.
+
+Our choices:
+* Forget loss ``mean[-log(1 - p_y + eps)] - entropy_weight * mean entropy``: it
+  pushes the true-class probability down and stays bounded near p_y = 0, and the
+  entropy bonus keeps the outputs from collapsing onto one class.
+* LR decays exponentially from ``lr`` to ``lr_end`` over ``max_steps``.
+* Stopping, checked every ``check_every`` steps (default: one pass over D_f).
+  Class forgetting (``forgetting="auto"`` detects it when D_f holds every
+  remaining sample of its classes): stop when forget accuracy <= ``class_target``.
+  Sample forgetting: stop when forget accuracy <= ``sample_target``, or, when that
+  is None and a held-out ``check_data`` set is given, <= the original model's
+  accuracy on it. Both: stop when the estimated retain accuracy dropped by more
+  than ``max_retain_drop`` points. PGU needs no retain data, so that estimate uses
+  ``check_samples`` retain samples only if a retain set is given, otherwise the
+  held-out ``check_data`` (``PGU(..., check_data=...)``) if given, otherwise it is
+  skipped. ``max_steps`` caps the run in every case.
+* Without ``cache``, the Gram is computed from retain + forget in ``prepare``
+  (timed as ``prepare_seconds``); with it, ``prepare_seconds`` is only the load and
+  the downdate, eigendecomposition and training count as the request. After a
+  successful request the cache file is downdated and saved (``update_cache``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset, Subset
+
+from .. import pgu as gram
+from ..config import InstanceOf, Interval, Options, field
+from ..data.loading import iterate_batches
+from ..errors import UnlearnkitError
+from ..training import accuracy, check_finite
+from ..utils import state_dict_hash, timer
+from .base import Method, MethodConfig, register_method
+
+
+@dataclass(kw_only=True)
+class PGUConfig(MethodConfig):
+    """Projected-gradient unlearning; see the module docstring for the rules."""
+
+    cache: str | None = field(None, "PGU Gram cache file from `unlearnkit prepare` / unlearnkit.pgu.prepare; "
+                                    "None: compute it from retain + forget.")
+    update_cache: bool = field(True, "After a successful request, subtract the forget set from the cache file.")
+    energy: float = field(0.95, "Energy threshold tau in (0, 1]: keep top eigenvectors up to this fraction.")
+    lr: float = field(0.05, "Initial learning rate (plain SGD).")
+    lr_end: float = field(0.01, "Final learning rate (exponential decay over max_steps).")
+    batch_size: int = field(64, "Forget-set batch size.")
+    max_steps: int = field(300, "Step cap.")
+    weight_decay: float = field(0.0, "Weight decay, added to the gradient before projection.")
+    entropy_weight: float = field(0.2, "Weight of the prediction-entropy bonus in the forget loss.")
+    eps: float = field(1e-3, "Margin eps in -log(1 - p_y + eps).")
+    forgetting: Literal["auto", "class", "sample"] = field("auto", "Stopping rule: class or sample forgetting.")
+    class_target: float = field(1.0, "Class forgetting stops when forget accuracy (%) <= this.")
+    sample_target: float | None = field(None, "Sample forgetting stops when forget accuracy (%) <= this "
+                                              "(None: original accuracy on check_data if given).")
+    max_retain_drop: float = field(5.0, "Stop when estimated retain accuracy dropped by more than this (points).")
+    check_every: int | None = field(None, "Steps between stopping checks (None: one pass over the forget set).")
+    check_samples: int = field(1024, "Retain samples used to estimate retain accuracy (when a retain set is given).")
+    gram_batch_size: int = field(128, "Batch size of the no-grad Gram passes.")
+    max_dense_features: int = field(4096, "Layers with more input features get a randomized low-rank sketch.")
+    lowrank_rank: int = field(256, "Sketch rank of the low-rank layers.")
+
+    constraints = {
+        "cache": [InstanceOf((str, os.PathLike), "a path"), None],
+        "update_cache": [bool],
+        "energy": [Interval(float, 0, 1, closed="right")],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "lr_end": [Interval(float, 0, None, closed="neither")],
+        "batch_size": [Interval(int, 1, None)],
+        "max_steps": [Interval(int, 1, None)],
+        "weight_decay": [Interval(float, 0, None, closed="left")],
+        "entropy_weight": [Interval(float, 0, None, closed="left")],
+        "eps": [Interval(float, 0, 1, closed="right")],
+        "forgetting": [Options("auto", "class", "sample")],
+        "class_target": [Interval(float, 0, 100)],
+        "sample_target": [Interval(float, 0, 100), None],
+        "max_retain_drop": [Interval(float, 0, 100)],
+        "check_every": [Interval(int, 1, None), None],
+        "check_samples": [Interval(int, 1, None)],
+        "gram_batch_size": [Interval(int, 1, None)],
+        "max_dense_features": [Interval(int, 1, None)],
+        "lowrank_rank": [Interval(int, 1, None)],
+    }
+
+
+def forget_loss(logits: torch.Tensor, y: torch.Tensor, eps: float, entropy_weight: float) -> torch.Tensor:
+    """mean[-log(1 - p_y + eps)] - entropy_weight * mean entropy of the prediction."""
+    logp = torch.log_softmax(logits.float(), dim=1)
+    p_y = logp.gather(1, y[:, None]).squeeze(1).exp()
+    entropy = -(logp.exp() * logp).sum(1)
+    return (-torch.log1p(-p_y + eps)).mean() - entropy_weight * entropy.mean()
+
+
+@register_method("pgu", config=PGUConfig,
+                 description="Projected-gradient unlearning: forget-loss SGD orthogonal to retain layer inputs.")
+class PGU(Method):
+    needs_retain = False
+
+    def __init__(self, model: nn.Module, config: PGUConfig | None = None, *, check_data: Dataset | None = None,
+                 **kwargs):
+        super().__init__(model, config, **kwargs)
+        self.check_data = check_data
+        self.cache: gram.PGUCache | None = None
+
+    def _trainable_parameters(self, model):
+        return sum(m.weight.numel() for m in gram.target_layers(model).values())
+
+    # ---- prepare: load (and check) or build the Gram cache ------------------------------------
+    def _prepare(self, model, retain, forget):
+        c = self.config
+        model.eval()
+        if c.cache is not None:
+            self.cache = gram.PGUCache.load(c.cache)
+            self.cache.check_model(model)
+            self._forget_ids = self.cache.check_forget(forget)
+            self.info["gram"] = "cache"
+        else:
+            if retain is None:
+                raise UnlearnkitError("Method 'pgu' needs either the 'cache' parameter (a file from `unlearnkit "
+                                      "prepare` / unlearnkit.pgu.prepare) or a retain set to compute the Gram from.")
+            r_ids, f_ids = gram.sample_ids(retain), gram.sample_ids(forget)
+            if np.intersect1d(r_ids, f_ids).size:  # not Subsets of one training set: number them apart
+                r_ids, f_ids = np.arange(len(retain)), len(retain) + np.arange(len(forget))
+            with timer() as t:
+                self.cache = gram.PGUCache.build(model, [retain, forget], np.concatenate([r_ids, f_ids]),
+                                                 batch_size=c.gram_batch_size,
+                                                 max_dense_features=c.max_dense_features, rank=c.lowrank_rank,
+                                                 seed=self.seed)
+            self.info.update(gram="computed from retain + forget", gram_seconds=t["seconds"])
+            self._forget_ids = self.cache.check_forget(forget, f_ids)
+        self.info["gram_mb"] = self.cache.memory_bytes / 2**20
+        # retain-accuracy estimate: a retain subsample, else the held-out check set, else none
+        self._check_set, self._check_kind = None, "none"
+        if retain is not None and len(retain):
+            n = min(c.check_samples, len(retain))
+            pick = torch.randperm(len(retain), generator=torch.Generator().manual_seed(self.seed))[:n]
+            self._check_set, self._check_kind = Subset(retain, pick.tolist()), "retain"
+        elif self.check_data is not None and len(self.check_data):
+            self._check_set, self._check_kind = self.check_data, "check_data"
+        self._check_ref = accuracy(model, self._check_set) if self._check_set is not None else float("nan")
+        self._heldout_ref = accuracy(model, self.check_data) if self.check_data is not None else None
+
+    # ---- unlearn --------------------------------------------------------------------------------
+    def _unlearn(self, model, retain, forget):
+        c, cache = self.config, self.cache
+        model.eval()
+        with timer() as t:
+            f_grams, f_traces = cache.forget_stats(model, forget, batch_size=c.gram_batch_size)
+            r_grams, r_traces = cache.downdated(f_grams, f_traces)
+            bases, ranks = gram.projection_bases(cache, r_grams, r_traces, c.energy, device=self.device)
+        self.info["projector_seconds"] = t["seconds"]
+        self.info["kept_dims"] = {n: {"kept": r, "dim": cache.layers[n]["dim"]} for n, r in ranks.items()}
+
+        kind = c.forgetting
+        if kind == "auto":
+            kind = "class" if cache.is_class_request(self._forget_ids) else "sample"
+        if kind == "class":
+            target = c.class_target
+        elif c.sample_target is not None:
+            target = c.sample_target
+        else:
+            target = self._heldout_ref  # None: only the step cap and the retain check
+        self.info.update(forgetting=kind, forget_acc_target=target, check_set=self._check_kind,
+                         check_acc_before=self._check_ref)
+
+        self._train(model, forget, bases, target)
+
+        if c.update_cache:
+            cache.commit(self._forget_ids, f_grams, f_traces, model_after=state_dict_hash(model),
+                         save=c.cache is not None)
+            self.info["cache_updated"] = c.cache is not None
+        return model
+
+    def _train(self, model: nn.Module, forget: Dataset, bases: dict[str, torch.Tensor], target: float | None):
+        c = self.config
+        layers = gram.target_layers(model)
+        weights = {n: m.weight for n, m in layers.items()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for w in weights.values():
+            w.requires_grad_(True)
+        model.eval()
+        check_every = c.check_every or max(1, math.ceil(len(forget) / c.batch_size))
+        decay = math.log(c.lr_end / c.lr) / max(c.max_steps - 1, 1)
+
+        def check() -> str | None:
+            acc = accuracy(model, forget)
+            self.info["forget_acc_history"].append(round(acc, 3))
+            if target is not None and acc <= target:
+                return f"forget accuracy {acc:.2f}% <= target {target:.2f}%"
+            if self._check_set is not None:
+                now = accuracy(model, self._check_set)
+                self.info["check_acc_after"] = now
+                if self._check_ref - now > c.max_retain_drop:
+                    return f"{self._check_kind} accuracy dropped {self._check_ref - now:.2f} points"
+            return None
+
+        self.info["forget_acc_history"] = []
+        reason, step = check(), 0
+        while reason is None and step < c.max_steps:
+            for x, y in iterate_batches(forget, c.batch_size, shuffle=True, generator=self.generator,
+                                        device=self.device):
+                lr = c.lr * math.exp(decay * step)
+                loss = forget_loss(model(x), y, c.eps, c.entropy_weight)
+                check_finite(loss, "pgu")
+                for w in weights.values():
+                    w.grad = None
+                loss.backward()
+                with torch.no_grad():
+                    for name, w in weights.items():
+                        if w.grad is None:
+                            continue
+                        g = w.grad
+                        if c.weight_decay:
+                            g = g.add(w, alpha=c.weight_decay)
+                        gram.project_(g, bases[name])
+                        w.add_(g, alpha=-lr)
+                        w.grad = None
+                step += 1
+                self.counter.steps += 1
+                self.counter.sample_passes += len(x)
+                if step % check_every == 0 or step == c.max_steps:
+                    reason = check()
+                if reason is not None or step >= c.max_steps:
+                    break
+        self.info.update(stop_reason=reason or f"step cap ({c.max_steps})", pgu_steps=step)
+        return model
