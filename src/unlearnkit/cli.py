@@ -193,6 +193,38 @@ def demo(
     console.print(_table("unlearnkit demo: digits, cnn, forget class 3", columns, rows))
 
 
+@app.command()
+def bench(
+    config: str = typer.Option(..., "--config", "-c", help="A config file, or a shipped one: smoke, cifar10-cpu, cifar10-full."),
+    out: Path = typer.Option(..., "--out", "-o", help="Results directory (reused: cached runs are skipped)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute everything, originals and oracles included."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where originals and oracles are cached; default OUT/cache."),
+    device: Optional[str] = typer.Option(None, "--device", help="Overrides the config's device (cpu, cuda, auto)."),
+    quiet: bool = QuietOpt,
+):
+    """Run a benchmark suite (resumable, cached) and write report.md and report.html."""
+    from .bench import load_bench_config, run_benchmark, write_report
+
+    _setup(quiet)
+    cfg = load_bench_config(config)
+    summary = run_benchmark(cfg, out, overwrite=overwrite, device=device, cache_dir=cache_dir)
+    md, html_path = write_report(out)
+    console.print(f"bench {cfg.name}: {summary.computed} run(s) computed, {summary.cached} reused, "
+                  f"{summary.originals_trained} original(s) and {summary.oracles_trained} oracle(s) trained "
+                  f"in {summary.seconds:.0f} s")
+    for line in summary.errors:
+        err_console.print(f"failed: {line}", highlight=False, soft_wrap=True)
+    console.print(f"report -> {md} and {html_path}")
+
+
+@app.command()
+def report(results: Path = typer.Argument(..., help="A directory written by `unlearnkit bench`.")):
+    """Rewrite report.md and report.html from a benchmark's stored results."""
+    from .bench import write_report
+
+    md, html_path = write_report(results)
+    console.print(f"report -> {md} and {html_path}")
+
 def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)

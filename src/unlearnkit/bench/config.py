@@ -1,0 +1,225 @@
+"""Benchmark configs: one YAML (or TOML) file describes a whole comparison.
+
+Example (``benchmarks/smoke.yaml``)::
+
+    name: smoke
+    dataset: digits
+    dataset_args: {}
+    model: cnn
+    model_kwargs: {width: 16}
+    recipe: {epochs: 15, lr: 0.05, batch_size: 64}
+    scenarios: ["class:3", "random:0.1"]
+    methods:
+      finetune: {lr: 0.01, epochs: 5}
+      retrain: {}
+    seeds: [0]
+
+``methods`` is a mapping of method name to config overrides (or a list of names,
+with ``{name: overrides}`` items allowed). Retrain's config defaults to the
+original's recipe; the retrain oracle (the reference of every gap metric) uses
+the ``retrain`` entry's overrides, or none. Unknown fields, datasets, models and
+scenario specs are one-line errors when the file is loaded; a method that is not
+registered is not: it is recorded as an error in the results and the suite goes on
+(so a config can list methods that land later).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, Interval, field
+from ..errors import InvalidConfigError, UnlearnkitError, unknown_name_error
+from ..utils import stable_hash
+
+SCENARIO_RE = re.compile(r"^(class:\d+(,\d+)*|random:\d*\.\d+)$")
+
+
+def valid_scenario(spec) -> bool:
+    if not isinstance(spec, str) or not SCENARIO_RE.match(spec):
+        return False
+    return not spec.startswith("random:") or 0 < float(spec.split(":")[1]) < 1
+CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+
+
+@dataclass(kw_only=True)
+class BenchConfig(Config):
+    """What a benchmark runs: data, model, the original's recipe, scenarios, methods, seeds."""
+
+    name: str = field("benchmark", "Name shown in the report.")
+    dataset: str = field("digits", "A built-in dataset: digits, mnist or cifar10.")
+    dataset_args: dict = field({}, "Keyword arguments of the dataset loader, e.g. {subset: 10000}.")
+    data_root: str | None = field(None, "Folder (or file) holding the dataset; default $UNLEARNKIT_DATA.")
+    model: str = field("cnn", "A registered model name.")
+    model_kwargs: dict = field({}, "Keyword arguments of the model factory, e.g. {width: 16}.")
+    recipe: dict = field({}, "The original's training recipe (fields of unlearnkit.Recipe, seed excluded).")
+    scenarios: list = field(["class:3", "random:0.1"], "Forget specs: class:K[,K] or random:F.")
+    methods: dict = field({"finetune": {}, "retrain": {}}, "Method name -> config overrides.")
+    seeds: list = field([0], "Seeds; each one trains its own original and oracles.")
+    device: str = field("auto", "cpu, cuda, cuda:N or auto.")
+    eval_batch_size: int = field(512, "Batch size of the evaluation passes.")
+
+    constraints = {
+        "name": [str], "dataset": [str], "dataset_args": [dict], "data_root": [str, None], "model": [str],
+        "model_kwargs": [dict], "recipe": [dict], "scenarios": [list], "methods": [dict], "seeds": [list],
+        "device": [str], "eval_batch_size": [Interval(int, 1, None)],
+    }
+
+    def __post_init__(self) -> None:
+        self.methods = _normalise_methods(self.methods)
+        if isinstance(self.scenarios, tuple):
+            self.scenarios = list(self.scenarios)
+        if isinstance(self.seeds, tuple):
+            self.seeds = list(self.seeds)
+        super().__post_init__()
+
+    def _check_consistency(self) -> None:
+        from ..data import list_datasets
+        from ..models import list_models
+        from ..training import Recipe
+
+        if self.dataset not in list_datasets():
+            raise unknown_name_error("dataset", self.dataset, list_datasets())
+        if ":" not in self.model and self.model not in list_models():
+            raise unknown_name_error("model", self.model, list_models())
+        if "seed" in self.recipe:
+            raise InvalidConfigError("The 'recipe' of a benchmark must not set 'seed'; list seeds under 'seeds'.")
+        Recipe.from_dict(self.recipe)  # one-line error on unknown or bad fields
+        if not self.scenarios:
+            raise InvalidConfigError("The 'scenarios' list of a benchmark is empty; e.g. ['class:3', 'random:0.1'].")
+        for s in self.scenarios:
+            if not valid_scenario(s):
+                raise InvalidConfigError(
+                    f"Scenario {s!r} is not a forget spec; allowed: class:K[,K...] or random:F with 0 < F < 1.")
+        if len(set(self.scenarios)) != len(self.scenarios):
+            raise InvalidConfigError(f"The 'scenarios' list has duplicates: {self.scenarios}.")
+        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
+            raise InvalidConfigError(f"The 'seeds' of a benchmark must be a non-empty list of ints >= 0; got {self.seeds!r}.")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise InvalidConfigError(f"The 'seeds' list has duplicates: {self.seeds}.")
+        if not self.methods:
+            raise InvalidConfigError("The 'methods' of a benchmark are empty; e.g. {finetune: {}, retrain: {}}.")
+        for method, overrides in self.methods.items():
+            self.method_config(method, overrides_only=True)
+
+    # ---------------------------------------------------------------------------------
+    def method_config(self, method: str, meta: dict[str, Any] | None = None, *, overrides_only: bool = False):
+        """The method's config (validated); None when the method is not registered."""
+        from ..methods import list_methods
+        from ..workflow import method_config_for
+
+        if method not in list_methods():
+            return None
+        overrides = self.methods.get(method, {})
+        if meta is None:
+            meta = {"recipe": self.recipe_for(0).to_dict()}
+        try:
+            return method_config_for(method, meta, overrides)
+        except UnlearnkitError as e:
+            raise InvalidConfigError(f"Benchmark method {method!r}: {e}") from None
+
+    def recipe_for(self, seed: int):
+        from ..training import Recipe
+
+        return Recipe.from_dict({**self.recipe, "seed": seed})
+
+    def config_hash(self) -> str:
+        return stable_hash(self.to_dict())
+
+    def original_key(self, seed: int) -> dict[str, Any]:
+        """What determines an original model (its cache key is the hash of this)."""
+        return {"dataset": self.dataset, "dataset_args": self.dataset_args, "model": self.model,
+                "model_kwargs": self.model_kwargs, "recipe": self.recipe_for(seed).to_dict(), "seed": seed}
+
+
+def _normalise_methods(methods: Any) -> dict[str, dict]:
+    if methods is None:
+        return {}
+    if isinstance(methods, (list, tuple)):
+        out: dict[str, dict] = {}
+        for item in methods:
+            if isinstance(item, str):
+                out[item] = {}
+            elif isinstance(item, dict) and len(item) == 1:
+                (name, overrides), = item.items()
+                out[str(name)] = dict(overrides or {})
+            else:
+                raise InvalidConfigError(
+                    f"Each entry of 'methods' must be a name or {{name: overrides}}; got {item!r}.")
+        return out
+    if isinstance(methods, dict):
+        out = {}
+        for name, overrides in methods.items():
+            if overrides is not None and not isinstance(overrides, dict):
+                raise InvalidConfigError(
+                    f"The overrides of method {name!r} must be a mapping of config fields; got {overrides!r}.")
+            out[str(name)] = dict(overrides or {})
+        return out
+    raise InvalidConfigError(f"The 'methods' of a benchmark must be a mapping or a list; got {methods!r}.")
+
+
+def builtin_config_dirs() -> list[Path]:
+    """Where ``--config NAME`` looks: ./benchmarks, then the source checkout's benchmarks/."""
+    here = Path(__file__).resolve()
+    dirs = [Path.cwd() / "benchmarks"]
+    if len(here.parents) > 3:
+        dirs.append(here.parents[3] / "benchmarks")
+    return dirs
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix not in CONFIG_SUFFIXES:
+        for d in builtin_config_dirs():
+            for suffix in CONFIG_SUFFIXES:
+                candidate = d / f"{name_or_path}{suffix}"
+                if candidate.is_file():
+                    return candidate
+    known = sorted({p.stem for d in builtin_config_dirs() if d.is_dir() for p in d.iterdir()
+                    if p.suffix in CONFIG_SUFFIXES})
+    raise UnlearnkitError(
+        f"Benchmark config {str(name_or_path)!r} not found; give a file path or one of: {', '.join(known) or '(none)'}.")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        elif path.suffix == ".json":
+            import json
+
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text)
+    except Exception as e:  # parse errors of three libraries: one line naming the file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnlearnkitError(f"Cannot parse benchmark config {str(path)!r}: {first}") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UnlearnkitError(f"Benchmark config {str(path)!r} must be a mapping of fields; got {type(values).__name__}.")
+    return values
+
+
+def load_bench_config(name_or_path: str | Path | dict) -> BenchConfig:
+    """A ``BenchConfig`` from a dict, a file path, or the name of a shipped config (``smoke``)."""
+    if isinstance(name_or_path, BenchConfig):
+        return name_or_path
+    if isinstance(name_or_path, dict):
+        return BenchConfig.from_dict(name_or_path)
+    path = resolve_config_path(name_or_path)
+    values = read_config_file(path)
+    values.setdefault("name", path.stem)
+    try:
+        return BenchConfig.from_dict(values)
+    except UnlearnkitError as e:
+        raise type(e)(f"{path}: {e}") from None

@@ -1,0 +1,350 @@
+"""Reports of a benchmark run: Markdown (+ PNG files) and one self-contained HTML file.
+
+Per scenario, a table of UA, RA, TA, MIA-Efficacy and Avg.Gap (definitions of
+"Model Sparsity Can Simplify Machine Unlearning", Jia et al., NeurIPS 2023), run
+time (RTE, seconds), speed-up over retrain, peak memory and trainable parameters,
+each as mean ± std over seeds. Bold marks, among the unlearning methods (retrain
+and the original excluded), the value closest to retrain's for UA, RA, TA and
+MIA-Efficacy (the gap is what these metrics are judged by) and the lowest Avg.Gap.
+Plots: Avg.Gap against run time (the efficiency frontier), forget against retain
+accuracy, and per-class test accuracy of the original (before) and of every
+method (after).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import UnlearnkitError
+from ..utils import atomic_write_bytes, atomic_write_text
+from .runner import ORIGINAL, load_records, scenario_slug
+
+# (column title, metric name, decimals)
+COLUMNS = [("UA", "ua", 2), ("RA", "ra", 2), ("TA", "ta", 2), ("MIA-Eff.", "mia_efficacy", 2),
+           ("Avg.Gap", "avg_gap", 2), ("RTE (s)", "rte_seconds", 1)]
+CLOSEST_TO_RETRAIN = ("ua", "ra", "ta", "mia_efficacy")
+LOWEST = ("avg_gap",)
+
+
+def _base(name: str) -> str:
+    """Metric names may carry a suffix (``ua@1``); tables use the base name."""
+    return name.split("@", 1)[0]
+
+
+def _aggregate(values: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    try:
+        from ..metrics import aggregate
+
+        return aggregate(values)
+    except ImportError:
+        pass
+    out: dict[str, dict[str, float]] = {}
+    for name in sorted({k for v in values for k in v}):
+        xs = [float(v[name]) for v in values if name in v and v[name] is not None and not math.isnan(float(v[name]))]
+        if not xs:
+            continue
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        out[name] = {"mean": mean, "std": std, "ci95": 1.96 * std / math.sqrt(len(xs)), "n": len(xs)}
+    return out
+
+
+def summarise(records: list[dict]) -> dict[str, Any]:
+    """Per scenario: methods in order (original, retrain, then config order), aggregates and errors."""
+    scenarios: dict[str, dict[str, Any]] = {}
+    for r in records:
+        s = scenarios.setdefault(r["scenario"], {"methods": {}, "errors": [], "per_class": {}})
+        m = s["methods"].setdefault(r["method"], {"runs": [], "errors": []})
+        if r.get("status") == "ok":
+            m["runs"].append({_base(k): v for k, v in (r.get("metrics") or {}).items()})
+            if r.get("per_class_test_acc"):
+                s["per_class"].setdefault(r["method"], []).append(r["per_class_test_acc"])
+        else:
+            err = r.get("error") or {}
+            m["errors"].append(err)
+            s["errors"].append((r["method"], r["seed"], err.get("type", "Error"), err.get("message", "")))
+    for s in scenarios.values():
+        for m in s["methods"].values():
+            m["agg"] = _aggregate(m["runs"]) if m["runs"] else {}
+        retrain = s["methods"].get("retrain", {}).get("agg", {})
+        rte = retrain.get("rte_seconds", {}).get("mean")
+        for name, m in s["methods"].items():
+            t = m["agg"].get("rte_seconds", {}).get("mean")
+            m["speedup"] = (rte / t) if (rte and t and name != ORIGINAL) else None
+    return scenarios
+
+
+def _order(methods: dict, config_order: list[str]) -> list[str]:
+    first = [n for n in (ORIGINAL, "retrain") if n in methods]
+    rest = [n for n in config_order if n in methods and n not in first]
+    return first + rest + sorted(n for n in methods if n not in first and n not in rest)
+
+
+def _best(s: dict) -> dict[str, str]:
+    """Metric -> the method to print in bold."""
+    candidates = {n: m for n, m in s["methods"].items() if n not in (ORIGINAL, "retrain") and m["agg"]}
+    ref = s["methods"].get("retrain", {}).get("agg", {})
+    best = {}
+    for metric in CLOSEST_TO_RETRAIN + LOWEST:
+        scored = []
+        for n, m in candidates.items():
+            v = m["agg"].get(metric, {}).get("mean")
+            if v is None or math.isnan(v):
+                continue
+            if metric in LOWEST:
+                scored.append((v, n))
+            elif metric in ref:
+                scored.append((abs(v - ref[metric]["mean"]), n))
+        if scored:
+            best[metric] = min(scored)[1]
+    return best
+
+
+def _fmt(stat: dict | None, decimals: int) -> str:
+    if not stat:
+        return "–"
+    mean, std = stat["mean"], stat.get("std", 0.0)
+    if stat.get("n", 1) > 1:
+        return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    return f"{mean:.{decimals}f}"
+
+
+def table_rows(s: dict, config_order: list[str]) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """Header and rows of (text, bold) cells for one scenario."""
+    header = ["Method"] + [c[0] for c in COLUMNS] + ["Speed-up", "Peak mem (MB)", "Trainable params", "Seeds"]
+    best = _best(s)
+    rows = []
+    for name in _order(s["methods"], config_order):
+        m = s["methods"][name]
+        agg = m["agg"]
+        label = "original (before)" if name == ORIGINAL else name
+        if not m["runs"]:
+            err = m["errors"][0] if m["errors"] else {}
+            rows.append([(label, False), (f"error: {err.get('type', '?')}", False)] + [("", False)] * (len(header) - 2))
+            continue
+        row = [(label, False)]
+        for _, metric, dec in COLUMNS:
+            row.append((_fmt(agg.get(metric), dec), best.get(metric) == name))
+        row.append((f"{m['speedup']:.1f}x" if m["speedup"] else "–", False))
+        row.append((_fmt(agg.get("peak_memory_mb"), 0), False))
+        tp = agg.get("trainable_params", {}).get("mean")
+        row.append((f"{int(round(tp)):,}" if tp is not None else "–", False))
+        n_err = len(m["errors"])
+        row.append((f"{len(m['runs'])}" + (f" (+{n_err} failed)" if n_err else ""), False))
+        rows.append(row)
+    return header, rows
+
+
+# ---- plots ------------------------------------------------------------------------------------------
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
+    """name -> PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    plots: dict[str, bytes] = {}
+    n = len(names)
+    cmap = plt.get_cmap("tab20")
+    all_methods = sorted({m for s in summary.values() for m in s["methods"]})
+    color = {m: cmap(i % 20) for i, m in enumerate(all_methods)}
+
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
+    for ax, scen in zip(axes[0], names):
+        for meth in _order(summary[scen]["methods"], config_order):
+            agg = summary[scen]["methods"][meth]["agg"]
+            if meth == ORIGINAL or "avg_gap" not in agg or "rte_seconds" not in agg:
+                continue
+            x, y = max(agg["rte_seconds"]["mean"], 1e-3), agg["avg_gap"]["mean"]
+            ax.errorbar(x, y, xerr=agg["rte_seconds"].get("std", 0), yerr=agg["avg_gap"].get("std", 0), fmt="o",
+                        color=color[meth], capsize=2)
+            ax.annotate(meth, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("run time RTE (s, log)")
+        ax.set_ylabel("Avg.Gap to retrain (lower is better)")
+        ax.set_title(scen)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Efficiency frontier: Avg.Gap vs run time")
+    plots["avg_gap_vs_time"] = _png(fig)
+
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
+    for ax, scen in zip(axes[0], names):
+        for meth in _order(summary[scen]["methods"], config_order):
+            agg = summary[scen]["methods"][meth]["agg"]
+            if "forget_acc" not in agg or "ra" not in agg:
+                continue
+            x, y = agg["forget_acc"]["mean"], agg["ra"]["mean"]
+            ax.errorbar(x, y, xerr=agg["forget_acc"].get("std", 0), yerr=agg["ra"].get("std", 0),
+                        fmt="s" if meth in (ORIGINAL, "retrain") else "o", color=color[meth], capsize=2)
+            ax.annotate(meth, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+        ax.set_xlabel("forget-set accuracy (%)")
+        ax.set_ylabel("retain-set accuracy (%)")
+        ax.set_title(scen)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Forget vs retain accuracy per method")
+    plots["forget_vs_retain"] = _png(fig)
+
+    for scen in names:
+        per_class = summary[scen]["per_class"]
+        rows = [m for m in _order(summary[scen]["methods"], config_order) if m in per_class]
+        if not rows:
+            continue
+        import numpy as np
+
+        grid = np.array([np.nanmean(np.array(per_class[m], dtype=float), axis=0) for m in rows])
+        fig, ax = plt.subplots(figsize=(1.0 + 0.6 * grid.shape[1], 0.8 + 0.4 * len(rows)))
+        im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if grid[i, j] < 60 else "black")
+        ax.set_yticks(range(len(rows)), ["original (before)" if r == ORIGINAL else r for r in rows])
+        ax.set_xticks(range(grid.shape[1]))
+        ax.set_xlabel("class")
+        ax.set_title(f"{scen}: per-class test accuracy (%), before and after")
+        fig.colorbar(im, ax=ax, fraction=0.03)
+        plots[f"per_class_{scenario_slug(scen)}"] = _png(fig)
+    return plots
+
+
+# ---- writers -------------------------------------------------------------------------------------------
+def _read_bench(out: Path) -> dict:
+    path = out / "bench.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def _env_lines(bench: dict) -> list[tuple[str, str]]:
+    env = bench.get("environment", {})
+    cfg = bench.get("config", {})
+    lines = [("config", f"{cfg.get('name', '?')} (hash {bench.get('config_hash', '?')})"),
+             ("dataset", f"{cfg.get('dataset')} {json.dumps(cfg.get('dataset_args', {}))}"),
+             ("model", f"{cfg.get('model')} {json.dumps(cfg.get('model_kwargs', {}))}"),
+             ("recipe of the original", json.dumps(cfg.get("recipe", {}))),
+             ("seeds", ", ".join(map(str, cfg.get("seeds", [])))),
+             ("device", str(bench.get("device", "?"))),
+             ("metrics by", str(bench.get("evaluator", "?")))]
+    hw = f"{env.get('processor', '?')}, {env.get('cpu_count', '?')} CPUs, torch threads {env.get('torch_threads', '?')}"
+    if env.get("gpu"):
+        hw += f", GPU {env['gpu']} x{env.get('gpu_count', 1)}"
+    lines.append(("hardware", hw))
+    lines.append(("platform", str(env.get("platform", "?"))))
+    versions = ", ".join(f"{k} {env[k]}" for k in ("unlearnkit", "python", "torch", "numpy", "scikit-learn") if k in env)
+    lines.append(("versions", versions))
+    return lines
+
+
+NOTE = ("UA = 100 − forget accuracy, RA = retain accuracy, TA = test accuracy (without the forgotten class for class "
+        "forgetting), MIA-Eff. = % of the forget set a membership classifier calls non-member, Avg.Gap = mean "
+        "|metric − retrain| over UA, RA, TA, MIA (all in %; lower Avg.Gap is better). RTE = wall-clock seconds of the "
+        "unlearning (retrain: training from scratch). Bold: closest to retrain (UA, RA, TA, MIA-Eff.) or lowest "
+        "(Avg.Gap) among the unlearning methods. Mean ± std over seeds.")
+
+
+def write_report(out: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` (+ ``report_files/*.png``) and a self-contained ``report.html`` into ``out``."""
+    out = Path(out)
+    records = load_records(out)
+    if not records:
+        raise UnlearnkitError(f"{str(out)!r} holds no result records yet; run `unlearnkit bench` first.")
+    bench = _read_bench(out)
+    config_order = list((bench.get("config") or {}).get("methods", {}))
+    scen_order = (bench.get("config") or {}).get("scenarios", [])
+    summary = summarise(records)
+    summary = {k: summary[k] for k in sorted(summary, key=lambda s: (s not in scen_order,
+                                                                       scen_order.index(s) if s in scen_order else 0, s))}
+    plots = make_plots(summary, config_order)
+    title = f"unlearnkit benchmark: {(bench.get('config') or {}).get('name', out.name)}"
+
+    files = out / "report_files"
+    for name, png in plots.items():
+        atomic_write_bytes(files / f"{name}.png", png)
+
+    md = [f"# {title}", "", NOTE, ""]
+    for scen, s in summary.items():
+        header, rows = table_rows(s, config_order)
+        md += [f"## Scenario `{scen}`", "", "| " + " | ".join(header) + " |",
+               "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        for row in rows:
+            md.append("| " + " | ".join(f"**{t}**" if b and t else t for t, b in row) + " |")
+        md.append("")
+        if s["errors"]:
+            md += ["Failed runs:", ""]
+            md += [f"- `{m}` seed {seed}: {t}: {msg}" for m, seed, t, msg in s["errors"]]
+            md.append("")
+        name = f"per_class_{scenario_slug(scen)}"
+        if name in plots:
+            md += [f"![per-class accuracy, {scen}](report_files/{name}.png)", ""]
+    md += ["## Plots", "", "![Avg.Gap vs time](report_files/avg_gap_vs_time.png)", "",
+           "![forget vs retain accuracy](report_files/forget_vs_retain.png)", "", "## Environment", ""]
+    md += [f"- **{k}**: {v}" for k, v in _env_lines(bench)]
+    md.append("")
+    md_path = out / "report.md"
+    atomic_write_text(md_path, "\n".join(md))
+
+    h = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{h(title)}</title><style>"
+             "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+             "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             ".note{color:#555;font-size:13px}.err{color:#a00}</style></head><body>",
+             f"<h1>{h(title)}</h1><p class='note'>{h(NOTE)}</p>"]
+    for scen, s in summary.items():
+        header, rows = table_rows(s, config_order)
+        parts.append(f"<h2>Scenario <code>{h(scen)}</code></h2><table><tr>"
+                     + "".join(f"<th>{h(c)}</th>" for c in header) + "</tr>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{'<b>' + h(t) + '</b>' if b and t else h(t)}</td>" for t, b in row)
+                         + "</tr>")
+        parts.append("</table>")
+        if s["errors"]:
+            parts.append("<p>Failed runs:</p><ul class='err'>" + "".join(
+                f"<li><code>{h(m)}</code> seed {seed}: {h(t)}: {h(msg)}</li>" for m, seed, t, msg in s["errors"])
+                + "</ul>")
+        name = f"per_class_{scenario_slug(scen)}"
+        if name in plots:
+            parts.append(_img(plots[name], f"per-class accuracy, {scen}"))
+    parts.append("<h2>Plots</h2>")
+    parts.append(_img(plots["avg_gap_vs_time"], "Avg.Gap vs time"))
+    parts.append(_img(plots["forget_vs_retain"], "forget vs retain accuracy"))
+    parts.append("<h2>Environment</h2><table>" + "".join(
+        f"<tr><th>{h(k)}</th><td style='text-align:left'>{h(v)}</td></tr>" for k, v in _env_lines(bench)) + "</table>")
+    parts.append("</body></html>")
+    html_path = out / "report.html"
+    atomic_write_text(html_path, "\n".join(parts))
+    _readable(md_path, html_path, *(files / f"{name}.png" for name in plots))
+    return md_path, html_path
+
+
+def _readable(*paths: Path) -> None:
+    for p in paths:
+        try:
+            os.chmod(p, 0o644)  # temp files are created 0600; a report is meant to be shared
+        except OSError:
+            pass
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f"<p><img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'></p>"

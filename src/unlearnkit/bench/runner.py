@@ -1,0 +1,354 @@
+"""Run a benchmark: originals, retrain oracles and every (method, scenario, seed), all cached.
+
+Layout of an output directory::
+
+    OUT/bench.json                         config, its hash, environment (rewritten each run)
+    OUT/cache/originals/<hash>/            original checkpoint per (dataset, model, recipe, seed)
+    OUT/cache/oracles/<hash>/              retrain oracle per (original, scenario, retrain config)
+    OUT/results/<scenario>/<method>/seed<k>.json   one record per run (atomic write)
+    OUT/results/<scenario>/original/seed<k>.json   the original evaluated on the same request
+
+A result is reused when its stored ``fingerprint`` matches: a hash of the method,
+its config, the scenario, the seed, the original's weights hash, the oracle's
+weights hash, the unlearnkit version, the record format and which evaluator
+produced the metrics. Records with an error are always recomputed (a fixed or
+newly registered method then runs); ``overwrite=True`` recomputes everything,
+originals and oracles included. Since each record is written as soon as it is
+done, an interrupted run resumes where it stopped.
+
+The retrain method's record *is* the oracle's run (same config, same seed): the
+oracle is never trained twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..checkpoint import load_checkpoint, read_meta
+from ..errors import UnlearnkitError
+from ..progress import progress_bar
+from ..training import accuracy, predict_logits
+from ..utils import atomic_write_json, environment_info, package_version, resolve_device, stable_hash, state_dict_hash
+from .config import BenchConfig, load_bench_config
+
+RECORD_FORMAT = 1
+ORIGINAL = "original"
+
+
+@dataclass
+class RunSummary:
+    """What a ``run_benchmark`` call did (tests use it to check the cache)."""
+
+    out: Path
+    originals_trained: int = 0
+    oracles_trained: int = 0
+    computed: int = 0
+    cached: int = 0
+    errors: list[str] = dc_field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def trained_anything(self) -> bool:
+        return bool(self.originals_trained or self.oracles_trained or self.computed)
+
+
+def scenario_slug(spec: str) -> str:
+    return spec.replace(":", "-").replace(",", "_")
+
+
+def result_path(out: Path, scenario: str, method: str, seed: int) -> Path:
+    return Path(out) / "results" / scenario_slug(scenario) / method / f"seed{seed}.json"
+
+
+# ---- evaluation: unlearnkit.evaluate when it exists, else accuracies only -------------------
+def _evaluator():
+    try:
+        from .. import evaluate  # the public entry point, once the metrics package exports it
+    except ImportError:
+        try:
+            from ..metrics import evaluate
+        except ImportError:
+            return None
+    evaluate = getattr(evaluate, "evaluate", evaluate)  # a module of that name: take its function
+    return evaluate if callable(evaluate) else None
+
+
+def evaluator_name() -> str:
+    return "evaluate" if _evaluator() is not None else "accuracy-only"
+
+
+def _fallback_metrics(model, data, reference, result) -> dict[str, float]:
+    """Accuracies and costs only (used until ``unlearnkit.evaluate`` is available)."""
+    test = data.test_retain if data.request.kind == "class" and data.test_retain is not None else data.test
+    m = {"forget_acc": accuracy(model, data.forget), "ra": accuracy(model, data.retain), "ta": accuracy(model, test)}
+    m["ua"] = 100.0 - m["forget_acc"]
+    if data.request.kind == "class":
+        m["ta_forget_class"] = accuracy(model, data.test_forget)
+    if reference is not None:
+        ref = _fallback_metrics(reference, data, None, None)
+        gaps = {f"gap_{k}": abs(m[k] - ref[k]) for k in ("ua", "ra", "ta")}
+        m.update(gaps)
+        m["avg_gap"] = sum(gaps.values()) / len(gaps)
+    if result is not None:
+        m.update(rte_seconds=result.seconds, peak_memory_mb=result.peak_memory_mb,
+                 trainable_params=float(result.trainable_params), sample_passes=float(result.sample_passes))
+    return m
+
+
+def evaluate_model(model, data, *, reference=None, result=None, seed: int = 0) -> tuple[dict[str, float], dict]:
+    """(flat metric dict, full evaluation record)."""
+    evaluate = _evaluator()
+    if evaluate is None:
+        metrics = _fallback_metrics(model, data, reference, result)
+        return metrics, {"metrics": metrics, "evaluator": "accuracy-only"}
+    ev = evaluate(model, data, reference=reference, result=result, seed=seed)
+    record = ev.to_dict() if hasattr(ev, "to_dict") else {"metrics": dict(ev.metrics)}
+    return {k: float(v) for k, v in ev.metrics.items() if isinstance(v, (int, float))}, record
+
+
+def per_class_accuracy(model, dataset, num_classes: int) -> list[float]:
+    logits, labels = predict_logits(model, dataset)
+    pred = logits.argmax(1)
+    out = []
+    for c in range(num_classes):
+        sel = labels == c
+        out.append(100.0 * (pred[sel] == c).float().mean().item() if sel.any() else float("nan"))
+    return out
+
+
+# ---- the runner --------------------------------------------------------------------------------
+class BenchRunner:
+    def __init__(self, config: BenchConfig, out: str | Path, *, overwrite: bool = False,
+                 device: str | None = None, cache_dir: str | Path | None = None,
+                 on_result: Callable[[dict], None] | None = None):
+        self.config = config
+        self.out = Path(out)
+        self.cache = Path(cache_dir) if cache_dir is not None else self.out / "cache"
+        self.overwrite = overwrite
+        self.device = resolve_device(device or config.device)
+        self.on_result = on_result
+        self.summary = RunSummary(self.out)
+        self._splits = None
+
+    # -- data ----------------------------------------------------------------------------------
+    @property
+    def splits(self):
+        if self._splits is None:
+            from ..data import load_dataset
+
+            self._splits = load_dataset(self.config.dataset, root=self.config.data_root, **self.config.dataset_args)
+        return self._splits
+
+    # -- originals and oracles -------------------------------------------------------------------
+    def original(self, seed: int):
+        """(model, meta, key): trained once per (dataset, model, recipe, seed), then loaded."""
+        from ..workflow import save_model, train_original
+
+        key = stable_hash({**self.config.original_key(seed), "version": package_version()})
+        path = self.cache / "originals" / key
+        if not self.overwrite and _is_checkpoint(path):
+            model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
+            return model, meta, key
+        c = self.config
+        t0 = time.perf_counter()
+        model, meta, _ = train_original(c.dataset, c.model, c.recipe_for(seed), seed=seed, device=str(self.device),
+                                        dataset_args=c.dataset_args, model_kwargs=c.model_kwargs, splits=self.splits)
+        seconds = time.perf_counter() - t0
+        save_model(path, model, meta, {"seed": seed, "train_seconds": seconds, "bench_key": key,
+                                       "test_accuracy": accuracy(model, self.splits.test)})
+        self.summary.originals_trained += 1
+        return model, read_meta(path), key
+
+    def oracle(self, original_meta: dict, original_key: str, scenario: str, seed: int, data):
+        """(model, UnlearnResult): retrain from scratch on the retain set, once per scenario and seed."""
+        from ..api import unlearn
+        from ..methods import UnlearnResult
+        from ..workflow import save_model
+
+        config = self.config.method_config("retrain", original_meta)
+        if config is None:
+            raise UnlearnkitError("The 'retrain' method is not registered; the benchmark needs it as the oracle.")
+        key = stable_hash({"original": original_key, "scenario": scenario, "seed": seed,
+                           "config": config.to_dict(), "version": package_version()})
+        path = self.cache / "oracles" / key
+        if not self.overwrite and _is_checkpoint(path):
+            model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
+            return model, UnlearnResult(model=model, **meta["result"])
+        base, _ = load_checkpoint(self.cache / "originals" / original_key, num_classes=self.splits.num_classes,
+                                  device=self.device)
+        result = unlearn(base, data.retain, data.forget, "retrain", config=config, device=str(self.device), seed=seed)
+        save_model(path, result.model, original_meta, {"oracle": {"scenario": scenario, "seed": seed},
+                                                      "result": result.to_dict(), "bench_key": key})
+        self.summary.oracles_trained += 1
+        return result.model, result
+
+    # -- records ----------------------------------------------------------------------------------
+    def _cached(self, path: Path, fingerprint: str) -> dict | None:
+        if self.overwrite or not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if record.get("fingerprint") != fingerprint or record.get("status") != "ok":
+            return None
+        return record
+
+    def _fingerprint(self, **parts) -> str:
+        return stable_hash({**parts, "version": package_version(), "format": RECORD_FORMAT,
+                            "evaluator": evaluator_name(), "dataset": self.config.dataset,
+                            "dataset_args": self.config.dataset_args})
+
+    def _write(self, path: Path, record: dict) -> None:
+        atomic_write_json(path, record)
+        if record.get("status") == "ok":
+            self.summary.computed += 1
+        else:
+            self.summary.errors.append(f"{record['method']} {record['scenario']} seed {record['seed']}: "
+                                       f"{record['error']['type']}: {record['error']['message']}")
+        if self.on_result is not None:
+            self.on_result(record)
+
+    # -- the suite ----------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        c = self.config
+        t_start = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "bench.json", {
+            "config": c.to_dict(), "config_hash": c.config_hash(), "environment": environment_info(),
+            "device": str(self.device), "evaluator": evaluator_name(), "version": package_version()})
+        per_seed = 1 + len(c.scenarios) * (2 + len(c.methods))  # original; per scenario: oracle, original eval, methods
+        with progress_bar(len(c.seeds) * per_seed, f"bench {c.name}") as bar:
+            for seed in c.seeds:
+                bar.update(status=f"seed {seed}: original")
+                original, meta, okey = self.original(seed)
+                bar.advance(1)
+                weights = meta.get("weights_sha") or state_dict_hash(original)
+                for scenario in c.scenarios:
+                    self._scenario(bar, original, meta, okey, weights, scenario, seed)
+        self.summary.seconds = time.perf_counter() - t_start
+        return self.summary
+
+    def _scenario(self, bar, original, meta, okey, weights, scenario: str, seed: int) -> None:
+        from ..workflow import forget_data
+
+        c = self.config
+        data = forget_data(self.splits, scenario, seed)
+        state: dict[str, Any] = {}
+
+        def need_oracle():
+            if "model" not in state:
+                bar.update(status=f"seed {seed} {scenario}: retrain oracle")
+                state["model"], state["result"] = self.oracle(meta, okey, scenario, seed, data)
+            return state["model"], state["result"]
+
+        # the original, evaluated on this request (the "before" of the report)
+        oracle_config = c.method_config("retrain", meta)
+        oracle_id = stable_hash({"original": okey, "config": oracle_config.to_dict() if oracle_config else None})
+        path = result_path(self.out, scenario, ORIGINAL, seed)
+        fp = self._fingerprint(method=ORIGINAL, scenario=scenario, seed=seed, original=weights, oracle=oracle_id)
+        if self._cached(path, fp) is None:
+            oracle_model, _ = need_oracle()
+            bar.update(status=f"seed {seed} {scenario}: evaluate original")
+            metrics, evaluation = evaluate_model(original, data, reference=oracle_model, seed=seed)
+            self._write(path, self._record(ORIGINAL, scenario, seed, fp, meta, status="ok", metrics=metrics,
+                                           evaluation=evaluation, config=None, result=None,
+                                           per_class=per_class_accuracy(original, self.splits.test,
+                                                                        self.splits.num_classes)))
+        else:
+            self.summary.cached += 1
+        bar.advance(2)
+
+        for method in c.methods:
+            path = result_path(self.out, scenario, method, seed)
+            try:
+                config = c.method_config(method, meta)
+            except UnlearnkitError:
+                config = None
+            config_dict = config.to_dict() if config is not None else c.methods[method]
+            fp = self._fingerprint(method=method, scenario=scenario, seed=seed, original=weights, oracle=oracle_id,
+                                   config=config_dict)
+            if self._cached(path, fp) is not None:
+                self.summary.cached += 1
+                bar.advance(1)
+                continue
+            bar.update(status=f"seed {seed} {scenario}: {method}")
+            if config is None:
+                from ..methods import list_methods
+
+                error = {"type": "UnknownMethod",
+                         "message": f"unknown method {method!r}; registered: {', '.join(list_methods())}"}
+                self._write(path, self._record(method, scenario, seed, fp, meta, status="error", error=error,
+                                               config=config_dict))
+                bar.advance(1)
+                continue
+            try:
+                oracle_model, oracle_result = need_oracle()
+                record = self._run_method(method, config, original, data, oracle_model, oracle_result, seed)
+                self._write(path, self._record(method, scenario, seed, fp, meta, status="ok", **record))
+            except Exception as e:  # a failing method is recorded and the suite goes on
+                message = (str(e).strip().splitlines() or [""])[0][:500]
+                error = {"type": type(e).__name__, "message": message,
+                         "traceback": traceback.format_exc(limit=-4).splitlines()[-8:]}
+                self._write(path, self._record(method, scenario, seed, fp, meta, status="error", error=error,
+                                               config=config_dict))
+            bar.advance(1)
+
+    def _run_method(self, method, config, original, data, oracle_model, oracle_result, seed) -> dict:
+        from ..api import unlearn
+
+        if method == "retrain":
+            result = oracle_result  # the oracle is retrain with this very config and seed
+        else:
+            result = unlearn(original, data.retain, data.forget, method, config=config, device=str(self.device),
+                             seed=seed)
+        metrics, evaluation = evaluate_model(result.model, data, reference=oracle_model, result=result, seed=seed)
+        return {"metrics": metrics, "evaluation": evaluation, "config": result.config, "result": result.to_dict(),
+                "per_class": per_class_accuracy(result.model, self.splits.test, self.splits.num_classes)}
+
+    def _record(self, method, scenario, seed, fingerprint, meta, *, status, config, metrics=None, evaluation=None,
+                result=None, per_class=None, error=None) -> dict:
+        return {"format": RECORD_FORMAT, "fingerprint": fingerprint, "status": status, "method": method,
+                "scenario": scenario, "seed": seed, "config": config, "metrics": metrics or {},
+                "evaluation": evaluation, "result": result, "per_class_test_acc": per_class, "error": error,
+                "original": {"weights_sha": meta.get("weights_sha"), "test_accuracy": meta.get("test_accuracy"),
+                             "train_seconds": meta.get("train_seconds")},
+                "classes": getattr(self.splits.test, "classes", None), "version": package_version(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _is_checkpoint(path: Path) -> bool:
+    try:
+        read_meta(path)
+        return True
+    except UnlearnkitError:
+        return False
+
+
+def run_benchmark(config: BenchConfig | str | Path | dict, out: str | Path, *, overwrite: bool = False,
+                  device: str | None = None, cache_dir: str | Path | None = None,
+                  on_result: Callable[[dict], None] | None = None) -> RunSummary:
+    """Run (or resume) a benchmark into ``out``; returns what was trained, computed and reused."""
+    config = load_bench_config(config)
+    return BenchRunner(config, out, overwrite=overwrite, device=device, cache_dir=cache_dir,
+                       on_result=on_result).run()
+
+
+def load_records(out: str | Path) -> list[dict]:
+    """Every result record under ``out/results`` (sorted by scenario, method, seed)."""
+    root = Path(out) / "results"
+    if not root.is_dir():
+        raise UnlearnkitError(f"{str(out)!r} holds no benchmark results (no results/ folder); run `unlearnkit bench`.")
+    records = []
+    for p in sorted(root.glob("*/*/seed*.json")):
+        try:
+            records.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UnlearnkitError(f"Cannot read result {str(p)!r}: {e}") from None
+    return records
+
