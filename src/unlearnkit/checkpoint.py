@@ -85,7 +85,8 @@ def load_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
             f"Checkpoint {str(directory)!r} does not match {type(model).__name__}: "
             f"missing {missing[:3]}, unexpected {unexpected[:3]}."
         )
-    for name, tensor in state.items():
+    for name in expected:  # model order, so the first mismatch reported is the first layer that differs
+        tensor = state[name]
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise UnlearnkitError(
                 f"Checkpoint {str(directory)!r} does not match {type(model).__name__}: {name!r} has shape "

@@ -225,8 +225,9 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     else:
         _reset_all(clone)
     before = dict(model.named_parameters())
+    # a parameter that is not constant (constant ones/zeros are legitimate initial values) must change
     unchanged = [n for n, p in clone.named_parameters()
-                 if p.numel() > 1 and torch.equal(p.detach().cpu(), before[n].detach().cpu())]
+                 if p.numel() > 1 and p.detach().std() > 0 and torch.equal(p.detach().cpu(), before[n].detach().cpu())]
     if unchanged:
         raise UnlearnkitError(
             f"Cannot re-initialise parameter {unchanged[0]!r} of {type(model).__name__}: give the model a "
