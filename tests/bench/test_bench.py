@@ -181,3 +181,12 @@ def test_bad_yaml_is_one_line(tmp_path):
     assert "\n" not in str(info.value)
     with pytest.raises(InvalidConfigError):
         load_bench_config({**TINY, "methods": [{"a": {}, "b": {}}]})
+
+
+def test_test_subset_is_class_balanced():
+    from unlearnkit.bench.runner import BenchRunner
+    from unlearnkit.data import dataset_labels
+
+    runner = BenchRunner(load_bench_config({**TINY, "test_subset": 100}), "unused-out")
+    labels = dataset_labels(runner.splits.test)
+    assert len(labels) == 100 and labels.bincount().tolist() == [10] * 10

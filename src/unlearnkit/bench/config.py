@@ -58,13 +58,14 @@ class BenchConfig(Config):
     scenarios: list = field(["class:3", "random:0.1"], "Forget specs: class:K[,K] or random:F.")
     methods: dict = field({"finetune": {}, "retrain": {}}, "Method name -> config overrides.")
     seeds: list = field([0], "Seeds; each one trains its own original and oracles.")
+    test_subset: int | None = field(None, "Evaluate on a seeded class-balanced subset of this many test images.")
     device: str = field("auto", "cpu, cuda, cuda:N or auto.")
     eval_batch_size: int = field(512, "Batch size of the evaluation passes.")
 
     constraints = {
         "name": [str], "dataset": [str], "dataset_args": [dict], "data_root": [str, None], "model": [str],
         "model_kwargs": [dict], "recipe": [dict], "scenarios": [list], "methods": [dict], "seeds": [list],
-        "device": [str], "eval_batch_size": [Interval(int, 1, None)],
+        "device": [str], "eval_batch_size": [Interval(int, 1, None)], "test_subset": [Interval(int, 1, None), None],
     }
 
     def __post_init__(self) -> None:

@@ -269,8 +269,14 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     if not records:
         raise UnlearnkitError(f"{str(out)!r} holds no result records yet; run `unlearnkit bench` first.")
     bench = _read_bench(out)
-    config_order = list((bench.get("config") or {}).get("methods", {}))
-    scen_order = (bench.get("config") or {}).get("scenarios", [])
+    cfg = bench.get("config") or {}
+    config_order = list(cfg.get("methods", {}))
+    scen_order = cfg.get("scenarios", [])
+    if cfg:  # only what the latest config asks for (records of dropped methods or seeds stay on disk)
+        records = [r for r in records if r.get("scenario") in scen_order and r.get("seed") in cfg.get("seeds", [])
+                   and (r.get("method") == ORIGINAL or r.get("method") in config_order)]
+        if not records:
+            raise UnlearnkitError(f"{str(out)!r} holds no results for its config {cfg.get('name')!r} yet.")
     summary = summarise(records)
     summary = {k: summary[k] for k in sorted(summary, key=lambda s: (s not in scen_order,
                                                                        scen_order.index(s) if s in scen_order else 0, s))}

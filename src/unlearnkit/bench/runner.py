@@ -22,6 +22,7 @@ oracle is never trained twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import traceback
@@ -100,13 +101,14 @@ def _fallback_metrics(model, data, reference, result) -> dict[str, float]:
     return m
 
 
-def evaluate_model(model, data, *, reference=None, result=None, seed: int = 0) -> tuple[dict[str, float], dict]:
+def evaluate_model(model, data, *, reference=None, result=None, seed: int = 0,
+                   batch_size: int = 512) -> tuple[dict[str, float], dict]:
     """(flat metric dict, full evaluation record)."""
     evaluate = _evaluator()
     if evaluate is None:
         metrics = _fallback_metrics(model, data, reference, result)
         return metrics, {"metrics": metrics, "evaluator": "accuracy-only"}
-    ev = evaluate(model, data, reference=reference, result=result, seed=seed)
+    ev = evaluate(model, data, reference=reference, result=result, seed=seed, batch_size=batch_size)
     record = ev.to_dict() if hasattr(ev, "to_dict") else {"metrics": dict(ev.metrics)}
     return {k: float(v) for k, v in ev.metrics.items() if isinstance(v, (int, float))}, record
 
@@ -141,7 +143,10 @@ class BenchRunner:
         if self._splits is None:
             from ..data import load_dataset
 
-            self._splits = load_dataset(self.config.dataset, root=self.config.data_root, **self.config.dataset_args)
+            splits = load_dataset(self.config.dataset, root=self.config.data_root, **self.config.dataset_args)
+            if self.config.test_subset and self.config.test_subset < len(splits.test):
+                splits = dataclasses.replace(splits, test=_balanced_subset(splits.test, self.config.test_subset))
+            self._splits = splits
         return self._splits
 
     # -- originals and oracles -------------------------------------------------------------------
@@ -202,7 +207,7 @@ class BenchRunner:
     def _fingerprint(self, **parts) -> str:
         return stable_hash({**parts, "version": package_version(), "format": RECORD_FORMAT,
                             "evaluator": evaluator_name(), "dataset": self.config.dataset,
-                            "dataset_args": self.config.dataset_args})
+                            "dataset_args": self.config.dataset_args, "test_subset": self.config.test_subset})
 
     def _write(self, path: Path, record: dict) -> None:
         atomic_write_json(path, record)
@@ -255,7 +260,8 @@ class BenchRunner:
         if self._cached(path, fp) is None:
             oracle_model, _ = need_oracle()
             bar.update(status=f"seed {seed} {scenario}: evaluate original")
-            metrics, evaluation = evaluate_model(original, data, reference=oracle_model, seed=seed)
+            metrics, evaluation = evaluate_model(original, data, reference=oracle_model, seed=seed,
+                                                  batch_size=c.eval_batch_size)
             self._write(path, self._record(ORIGINAL, scenario, seed, fp, meta, status="ok", metrics=metrics,
                                            evaluation=evaluation, config=None, result=None,
                                            per_class=per_class_accuracy(original, self.splits.test,
@@ -267,9 +273,9 @@ class BenchRunner:
         for method in c.methods:
             path = result_path(self.out, scenario, method, seed)
             try:
-                config = c.method_config(method, meta)
-            except UnlearnkitError:
-                config = None
+                config, config_error = c.method_config(method, meta), None
+            except UnlearnkitError as e:  # registered after the config was loaded, with overrides it rejects
+                config, config_error = None, {"type": type(e).__name__, "message": str(e)}
             config_dict = config.to_dict() if config is not None else c.methods[method]
             fp = self._fingerprint(method=method, scenario=scenario, seed=seed, original=weights, oracle=oracle_id,
                                    config=config_dict)
@@ -281,8 +287,8 @@ class BenchRunner:
             if config is None:
                 from ..methods import list_methods
 
-                error = {"type": "UnknownMethod",
-                         "message": f"unknown method {method!r}; registered: {', '.join(list_methods())}"}
+                error = config_error or {"type": "UnknownMethod",
+                                         "message": f"unknown method {method!r}; registered: {', '.join(list_methods())}"}
                 self._write(path, self._record(method, scenario, seed, fp, meta, status="error", error=error,
                                                config=config_dict))
                 bar.advance(1)
@@ -307,7 +313,8 @@ class BenchRunner:
         else:
             result = unlearn(original, data.retain, data.forget, method, config=config, device=str(self.device),
                              seed=seed)
-        metrics, evaluation = evaluate_model(result.model, data, reference=oracle_model, result=result, seed=seed)
+        metrics, evaluation = evaluate_model(result.model, data, reference=oracle_model, result=result, seed=seed,
+                                             batch_size=self.config.eval_batch_size)
         return {"metrics": metrics, "evaluation": evaluation, "config": result.config, "result": result.to_dict(),
                 "per_class": per_class_accuracy(result.model, self.splits.test, self.splits.num_classes)}
 
@@ -320,6 +327,21 @@ class BenchRunner:
                              "train_seconds": meta.get("train_seconds")},
                 "classes": getattr(self.splits.test, "classes", None), "version": package_version(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _balanced_subset(dataset, size: int):
+    """A fixed (seed 0) class-balanced subset of ``size`` samples, for cheaper evaluation."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    from ..data import dataset_labels
+
+    labels = dataset_labels(dataset).numpy()
+    classes = np.unique(labels)
+    rng = np.random.default_rng(0)
+    per_class = max(1, size // len(classes))
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]))
+    return Subset(dataset, keep.tolist())
 
 
 def _is_checkpoint(path: Path) -> bool:
