@@ -370,8 +370,12 @@ class Store:
         return Store.open(path, data_root=data_root)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, data_root: str | None = None) -> "Store":
-        """Open a store, reconcile it after a crash if needed, and check its current model file."""
+    def open(cls, path: str | os.PathLike, *, data_root: str | None = None,
+             lock_timeout: float | None = None) -> "Store":
+        """Open a store, reconcile it after a crash if needed, and check its current model file.
+
+        ``lock_timeout`` overrides the store's: seconds to wait for another process's request.
+        """
         path = Path(path)
         if not (path / STORE_FILE).is_file():
             raise UnlearnkitError(f"{str(path)!r} is not an unlearnkit store (no {STORE_FILE}); "
@@ -384,6 +388,8 @@ class Store:
             raise UnlearnkitError(f"Store {str(path)!r} has format {info.get('format_version')!r}; "
                                   f"this unlearnkit reads {STORE_FORMAT}.")
         store = cls(path, info, data_root=data_root)
+        if lock_timeout is not None:
+            store.config = store.config.replace(lock_timeout=float(lock_timeout))
         if not store._consistent():
             with store._locked():
                 store._reconcile()
@@ -473,9 +479,15 @@ class Store:
         self.entries = entries
         if cut is not None or self._current_name() != self.head["version"]:
             return False
-        models = self.path / MODELS_DIR
-        leftovers = [p for p in models.iterdir() if p.name.startswith(".")] if models.is_dir() else []
-        return not leftovers and (self.path / STORE_FILE).is_file()
+        return not self._leftovers()
+
+    def _leftovers(self) -> list[Path]:
+        """Model directories other than the current one that should not be there (staging, orphans, old)."""
+        models, current = self.path / MODELS_DIR, self.head["version"]
+        if not models.is_dir():
+            return []
+        return [p for p in models.iterdir() if p.name != current
+                and (p.name.startswith(".") or p.name > current or not self.config.keep_old_models)]
 
     def _reconcile(self) -> None:
         """Bring CURRENT and the model directories in line with the ledger (caller holds the lock)."""
@@ -503,14 +515,8 @@ class Store:
         self._clean_models()
 
     def _clean_models(self) -> None:
-        models = self.path / MODELS_DIR
-        current = self.head["version"]
-        for p in list(models.iterdir()):
-            if p.name == current:
-                continue
-            newer = p.name.startswith(".") or p.name > current
-            if newer or not self.config.keep_old_models:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        for p in self._leftovers():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def _verify_current(self) -> None:
         head = self.head
