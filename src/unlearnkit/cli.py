@@ -225,6 +225,145 @@ def report(results: Path = typer.Argument(..., help="A directory written by `unl
     md, html_path = write_report(results)
     console.print(f"report -> {md} and {html_path}")
 
+# ---- deletion requests: a model store with a ledger (docs/deletion-requests.md) ----------------------
+def _gate_value(text: Optional[str], name: str):
+    """'none' / 'off' disables a gate; otherwise a number."""
+    if text is None:
+        return None, False
+    if text.strip().lower() in ("none", "off"):
+        return None, True
+    try:
+        return float(text), True
+    except ValueError:
+        raise UnlearnkitError(f"--{name} must be a number or 'none'; got {text!r}.") from None
+
+
+@app.command("store-init")
+def store_init(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint directory (from `unlearnkit train`)."),
+    store: Path = typer.Option(..., "--store", help="New store directory."),
+    method: List[str] = typer.Option(["finetune"], "--method", "-m", help="Method(s); the first is the default, "
+                                     "the rest the fallback order (repeatable)."),
+    fallback: bool = typer.Option(False, "--fallback/--no-fallback", help="Try the next method when one fails its gates."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Method parameter METHOD.KEY=VALUE (repeatable)."),
+    forget_margin: Optional[str] = typer.Option(None, help="Gate: forget acc <= test acc + this (points; default 2, 'none' off)."),
+    max_retain_drop: Optional[str] = typer.Option(None, help="Gate: retain acc drop <= this (points; default 5, 'none' off)."),
+    min_mia_efficacy: Optional[str] = typer.Option(None, help="Gate: MIA-Efficacy >= this (%; default off)."),
+    retrain_after: Optional[int] = typer.Option(None, help="Full retrain once this many requests were unlearned."),
+    max_drift: Optional[float] = typer.Option(None, help="Full retrain once retain acc dropped more than this (points)."),
+    recalibrate_bn: str = typer.Option("auto", help="Recalibrate BatchNorm on retain data: auto, on or off."),
+    training_ids: Optional[str] = typer.Option(None, help="ids:FILE of forget-able training ids (default: all)."),
+    record_ids: bool = typer.Option(False, "--record-ids", help="Write forget ids into receipts (default: hash only)."),
+    lock_timeout: float = typer.Option(60.0, help="Seconds a second process waits for the store's lock."),
+    data_root: Optional[str] = DataRootOpt, seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
+):
+    """Create a model store (current model, ledger, gates, policy) from a checkpoint."""
+    from .store import Store
+    from .workflow import parse_overrides
+
+    _setup(quiet)
+    configs: dict = {}
+    for pair in set_:
+        name, dot, rest = pair.partition(".")
+        if not dot or "=" not in rest:
+            raise UnlearnkitError(f"--set expects METHOD.KEY=VALUE; got {pair!r}.")
+        configs.setdefault(name, {}).update(parse_overrides(name, [rest]))
+    options: dict = {}
+    for key, text in (("forget_margin", forget_margin), ("max_retain_drop", max_retain_drop),
+                      ("min_mia_efficacy", min_mia_efficacy)):
+        value, given = _gate_value(text, key.replace("_", "-"))
+        if given:
+            options[key] = value
+    bn = {"auto": "auto", "on": True, "off": False}.get(recalibrate_bn)
+    if bn is None:
+        raise UnlearnkitError(f"--recalibrate-bn must be auto, on or off; got {recalibrate_bn!r}.")
+    ids = None
+    if training_ids is not None:
+        from .data.forget import read_ids_file
+
+        ids = read_ids_file(training_ids[4:] if training_ids.startswith("ids:") else training_ids)
+    st = Store.create(store, checkpoint, training_ids=ids, data_root=data_root, methods=list(method),
+                      method_configs=configs, fallback=fallback, retrain_after=retrain_after, max_drift=max_drift,
+                      recalibrate_bn=bn, record_ids=record_ids, lock_timeout=lock_timeout, seed=seed, device=device,
+                      **options)
+    s = st.summary()
+    console.print(f"store {store}: model {s['model']} ({s['model_hash']}), {s['training_ids']} training ids, "
+                  f"methods {', '.join(st.config.methods)}")
+
+
+@app.command("request")
+def request_(
+    store: Path = typer.Option(..., "--store", help="Store directory (from `unlearnkit store-init`)."),
+    forget_spec: str = typer.Option(..., "--forget", "-f", help="ids:FILE (.txt or .npy) of training ids to forget."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Method (default: the store's first)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Method parameter KEY=VALUE for this request (repeatable)."),
+    fallback: Optional[bool] = typer.Option(None, "--fallback/--no-fallback", help="Override the store's fallback."),
+    record_ids: Optional[bool] = typer.Option(None, "--record-ids/--hash-ids", help="Ids in the receipt, or their hash."),
+    receipt_out: Optional[Path] = typer.Option(None, "--receipt", help="Also write the receipt as JSON to this file."),
+    lock_timeout: Optional[float] = typer.Option(None, help="Seconds to wait for another process's request."),
+    data_root: Optional[str] = DataRootOpt, quiet: bool = QuietOpt,
+):
+    """Run one deletion request on a store. Exit 0: applied (or nothing new to forget); 3: refused by a gate."""
+    from .store import Store
+    from .utils import atomic_write_json
+    from .workflow import parse_overrides
+
+    _setup(quiet)
+    if not forget_spec.startswith("ids:"):
+        raise UnlearnkitError(f"--forget must be ids:FILE for a store request; got {forget_spec!r}.")
+    st = Store.open(store, data_root=data_root, lock_timeout=lock_timeout)
+    for note in st.notes:
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    overrides = parse_overrides(method or st.config.methods[0], set_)
+    receipt = st.request(forget_spec, method=method, fallback=fallback, record_ids=record_ids, **overrides)
+    if receipt_out is not None:
+        atomic_write_json(receipt_out, receipt.to_dict())
+    f = receipt.forget
+    if f["num_already_forgotten"]:
+        console.print(f"{f['num_already_forgotten']} of {f['num_ids']} ids were already forgotten by earlier requests")
+    columns = ["forget_acc", "UA", "RA", "TA", "MIA-Efficacy"]
+    rows = [[a["method"], *[a.get("figures", {}).get(c, "n/a") for c in columns],
+             "pass" if a.get("passed") else ("error: " + a["error"] if "error" in a else "fail")]
+            for a in receipt.attempts]
+    if rows:
+        console.print(_table(f"request {receipt.request_id}", ["method", *columns, "gates"], rows))
+    for a in receipt.attempts:
+        for name, g in a.get("gates", {}).items():
+            if isinstance(g, dict) and not g.get("passed"):
+                console.print(f"{a['method']}: gate {name} failed: {g['value']:.2f} (rule {g['rule']} = {g['limit']:.2f})")
+    console.print(f"{receipt.status}: {receipt.request_id}, model {receipt.model_before} -> {receipt.model_after} "
+                  f"({receipt.version})")
+    if receipt.exit_code:
+        raise SystemExit(receipt.exit_code)  # typer.Exit is returned, not raised, by main()'s non-standalone app()
+
+
+@app.command("store-show")
+def store_show(
+    store: Path = typer.Option(..., "--store", help="Store directory."),
+    last: int = typer.Option(20, "--last", help="Show the last N receipts."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary and receipts as JSON."),
+):
+    """Show a store: current model, forgotten count, and its ledger of deletion requests."""
+    from .store import Store
+
+    st = Store.open(store)
+    for note in st.notes:
+        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    receipts = st.receipts()[-last:] if last > 0 else []
+    if as_json:
+        print(json.dumps({"summary": st.summary(), "receipts": [r.to_dict() for r in receipts]}, indent=2))
+        return
+    s = st.summary()
+    console.print(f"store {store}: model {s['model']} {s['model_hash']} ({s['version']}), {s['forgotten']} of "
+                  f"{s['training_ids']} training ids forgotten; {s['requests']} requests ({s['applied']} applied, "
+                  f"{s['refused']} refused, {s['noop']} nothing new)")
+    rows = [[r.request_id, r.time, r.status, r.method or "-", r.forget["num_new"],
+             r.figures.get("UA", "-"), r.figures.get("RA", "-"), r.figures.get("TA", "-"),
+             r.figures.get("MIA-Efficacy", "-"), r.model_after] for r in receipts]
+    console.print(_table("ledger", ["request", "time", "status", "method", "new ids", "UA", "RA", "TA",
+                                    "MIA-Efficacy", "model after"], rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
