@@ -157,10 +157,13 @@ class StoreConfig(Config):
             raise UnlearnkitError("The 'methods' parameter of StoreConfig must name at least one method.")
         for name in self.methods:
             method_spec(name)  # unknown name -> one-line error listing the registered ones
+        from .methods import make_config
+
         for name, overrides in self.method_configs.items():
             method_spec(name)
             if not isinstance(overrides, dict):
                 raise UnlearnkitError(f"method_configs[{name!r}] must be a dict of parameters; got {overrides!r}.")
+            make_config(name, overrides)  # unknown or out-of-range parameters fail here, not mid-request
 
 
 # ---- small helpers -------------------------------------------------------------------------------
@@ -617,8 +620,8 @@ class Store:
         from .methods import make_config
 
         ids = self._parse_ids(forget_ids)
-        if method is not None:
-            make_config(method, self.config.method_configs.get(method), **config)  # validate first
+        make_config(method or self.config.methods[0], self.config.method_configs.get(method or self.config.methods[0]),
+                    **config)  # a bad parameter is an error before anything runs, not a refused attempt
         with self._locked():
             self._reconcile()  # another process may have acted since open
             self._verify_current()
@@ -775,15 +778,15 @@ class Store:
 
         cfg = self.config
         record: dict[str, Any] = {"method": name}
+        values = {**cfg.method_configs.get(name, {}), **overrides}
+        if name == "pgu":
+            values = {**values, "cache": str(pgu_cache_path), "update_cache": False}
+        recipe_meta = {"recipe": self.info["recipe"]} if self.info.get("recipe") else meta
+        config = method_config_for(name, recipe_meta, values)
+        record["config"] = {k: v for k, v in config.to_dict().items() if k != "cache"}
         try:
-            values = {**cfg.method_configs.get(name, {}), **overrides}
-            if name == "pgu":
-                values = {**values, "cache": str(pgu_cache_path), "update_cache": False}
-            recipe_meta = {"recipe": self.info["recipe"]} if self.info.get("recipe") else meta
-            config = method_config_for(name, recipe_meta, values)
-            record["config"] = {k: v for k, v in config.to_dict().items() if k != "cache"}
             result = unlearn(model, data.retain, data.forget, name, config=config, device=device, seed=cfg.seed)
-        except UnlearnkitError as e:  # a diverged or misconfigured attempt is a failed attempt
+        except UnlearnkitError as e:  # a diverged attempt (or one the method refuses) is a failed attempt
             record.update(error=str(e), passed=False)
             return _Attempt(name, None, record, False)
         out = result.model

@@ -263,9 +263,14 @@ def test_bad_requests_change_nothing(tmp_path, checkpoint):
             st.request(ids)
     with pytest.raises(UnlearnkitError, match="lr"):
         st.request([1], method="finetune", lr=-1.0)
+    with pytest.raises(UnlearnkitError, match="lr"):
+        st.request([1], lr=-1.0)  # the store's default method
     with pytest.raises(UnlearnkitError, match="Unknown method"):
         st.request([1], method="nope")
     assert snapshot(st.path) == before
+    with pytest.raises(UnlearnkitError, match="epochs"):
+        Store.create(tmp_path / "bad", checkpoint, method_configs={"finetune": {"epochs": 0}})
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(UnlearnkitError, match="already a store"):
         Store.create(st.path, checkpoint)
     with pytest.raises(UnlearnkitError, match="not an unlearnkit store"):
