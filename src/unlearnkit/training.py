@@ -8,6 +8,7 @@ backward per sample) so cost compares across machines.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal
@@ -17,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from . import distributed as _distributed
 from .config import Config, Interval, Options, field
 from .data.loading import iterate_batches, num_batches
 from .errors import DivergenceError
@@ -74,8 +76,18 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
         augment: bool = False, mask: ParamMask | None = None, counter: Counter | None = None,
         description: str = "train", drop_last: bool = False, max_steps: int | None = None,
         train_mode: bool = True) -> Counter:
-    """Train ``model`` in place for ``epochs`` over ``dataset``."""
+    """Train ``model`` in place for ``epochs`` over ``dataset``.
+
+    With a ``unlearnkit.distributed`` context (several processes and/or mixed
+    precision), ``batch_size`` is the global batch: each rank trains on its shard and
+    gradients are averaged across ranks (see ``distributed.py``). Without one, nothing
+    differs from a plain single-process loop.
+    """
     counter = counter or Counter()
+    ctx = _distributed.active()
+    if ctx is not None:
+        ctx.sync_module(model)
+        ctx.sync_mask(mask)
     device = model_device(model)
     steps_per_epoch = num_batches(dataset, batch_size, drop_last)
     total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
@@ -86,13 +98,19 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
         for _ in range(epochs):
             for x, y in iterate_batches(dataset, batch_size, shuffle=True, generator=generator,
                                         augment=augment, device=device, drop_last=drop_last):
-                loss = step_fn(model, x, y)
-                check_finite(loss, description)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if ctx is None:
+                    loss = step_fn(model, x, y)
+                    check_finite(loss, description)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                else:
+                    loss = ctx.backward_step(model, step_fn, x, y, optimizer, description)
                 if mask is not None:
                     mask.zero_frozen_grads()
-                optimizer.step()
+                if ctx is None:
+                    optimizer.step()
+                else:
+                    ctx.optimizer_step(optimizer)
                 if mask is not None:
                     mask.restore_frozen()
                 if scheduler is not None:
@@ -102,7 +120,11 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
                 done += 1
                 bar.advance(1, status=f"loss {loss.item():.3f}")
                 if done >= total:
+                    if ctx is not None:
+                        ctx.sync_module(model, buffers_only=True)
                     return counter
+    if ctx is not None:
+        ctx.sync_module(model, buffers_only=True)
     return counter
 
 
@@ -154,15 +176,25 @@ def train(model: nn.Module, dataset: Dataset, recipe: Recipe | None = None, *,
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of every sample, in order, without gradients (model in eval mode)."""
+    """Logits and labels of every sample, in order, without gradients (model in eval mode).
+
+    With a distributed context, each rank evaluates its contiguous part of ``dataset``
+    and every rank receives all the logits (all-gathered, in order).
+    """
     was_training = model.training
     model.eval()
     device = model_device(model)
+    ctx = _distributed.active()
+    gather = ctx is not None and ctx.distributed and len(dataset) >= ctx.world_size
+    part = _distributed.shard_dataset(dataset) if gather else dataset
     logits, labels = [], []
-    for x, y in iterate_batches(dataset, batch_size, device=device):
-        logits.append(model(x).float().cpu())
-        labels.append(y.cpu())
+    with contextlib.nullcontext() if ctx is None else ctx.autocast():
+        for x, y in iterate_batches(part, batch_size, device=device):
+            logits.append(model(x).float().cpu())
+            labels.append(y.cpu())
     model.train(was_training)
+    if gather:
+        return ctx.all_gather_cat(torch.cat(logits)), ctx.all_gather_cat(torch.cat(labels))
     if not logits:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(logits), torch.cat(labels)

@@ -1,0 +1,58 @@
+"""What the two-process worker and the single-process reference share (same data, model, recipe)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Subset
+
+import unlearnkit as uk
+from unlearnkit.masking import ParamMask
+from unlearnkit.training import cross_entropy_step, fit, make_optimizer, predict_logits
+
+GLOBAL_BATCH = 64
+TRAIN_SIZE = 1001  # 15 full batches and a last one of 41 = 21 + 20: the uneven split is exercised
+
+
+def digits():
+    return uk.load_dataset("digits")
+
+
+def train_subset():
+    return Subset(digits().train, range(TRAIN_SIZE))
+
+
+def build_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return uk.create_model("mlp", num_classes=10, in_channels=1, image_size=8, hidden=64)  # no BatchNorm
+
+
+def make_mask(model: torch.nn.Module, seed: int) -> ParamMask:
+    g = torch.Generator().manual_seed(seed)
+    trainable = {n: torch.rand(p.shape, generator=g) < 0.7 for n, p in model.named_parameters() if p.dim() == 2}
+    return ParamMask(model, trainable)
+
+
+def step_with_penalty(model, x, y):
+    """CE (a per-sample mean) plus a parameter-only term: both must match one process."""
+    return F.cross_entropy(model(x), y) + 1e-4 * sum(p.pow(2).sum() for p in model.parameters())
+
+
+def finetune(model, train, mask) -> None:
+    optimizer = make_optimizer(model.parameters(), "sgd", 0.05, momentum=0.9, weight_decay=5e-4)
+    fit(model, train, step_with_penalty, optimizer, epochs=1, batch_size=GLOBAL_BATCH,
+        generator=torch.Generator().manual_seed(0), schedule="cosine", mask=mask)
+    # a second call with Adam and the default step: the loop is reused within one method
+    optimizer = make_optimizer(model.parameters(), "adam", 1e-3)
+    fit(model, train, cross_entropy_step, optimizer, epochs=1, batch_size=GLOBAL_BATCH,
+        generator=torch.Generator().manual_seed(1), max_steps=5, mask=mask)
+
+
+def evaluate(model):
+    return predict_logits(model, digits().test, batch_size=100)
+
+
+def features(dataset) -> torch.Tensor:
+    """Gram-like per-sample features: flattened inputs and a constant column (float64, exact sums)."""
+    x = torch.stack([dataset[i][0].reshape(-1) for i in range(len(dataset))]).double()
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
