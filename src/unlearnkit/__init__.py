@@ -11,6 +11,7 @@ from .methods import create_method, get_method, list_methods, make_config, regis
 from .models import create_model, list_models
 from .pruning import PruningResult, prune
 from .training import Recipe, accuracy, train
+from . import pgu  # noqa: E402  (unlearnkit.pgu.prepare, PGUCache)
 
 __all__ = [
     "DivergenceError", "Evaluation", "InvalidConfigError", "Recipe", "UnlearnkitError", "accuracy", "create_method",

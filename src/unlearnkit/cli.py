@@ -225,6 +225,34 @@ def report(results: Path = typer.Argument(..., help="A directory written by `unl
     md, html_path = write_report(results)
     console.print(f"report -> {md} and {html_path}")
 
+
+@app.command()
+def prepare(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint directory of the original."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache file (default: CHECKPOINT/pgu_gram.safetensors)."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Batch size of the no-grad pass."),
+    max_dense_features: int = typer.Option(4096, help="Wider layers get a randomized low-rank sketch."),
+    rank: int = typer.Option(256, help="Sketch rank of the low-rank layers."),
+    data_root: Optional[str] = DataRootOpt,
+    seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
+):
+    """PGU's one-time step: per-layer input Gram matrices over the training set, saved beside the checkpoint."""
+    import time
+
+    from .pgu import default_cache_path
+    from .pgu import prepare as pgu_prepare
+    from .workflow import load_original
+
+    _setup(quiet)
+    net, _, splits = load_original(checkpoint, data_root=data_root, device=device)
+    path = out if out is not None else default_cache_path(checkpoint)
+    start = time.perf_counter()
+    cache = pgu_prepare(net, splits.train, path=path, batch_size=batch_size, max_dense_features=max_dense_features,
+                        rank=rank, seed=seed)
+    console.print(f"PGU Gram of {len(cache.layers)} layers over {len(cache.ids)} samples "
+                  f"({cache.memory_bytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s -> {path}")
+
+
 # ---- deletion requests: a model store with a ledger (docs/deletion-requests.md) ----------------------
 def _gate_value(text: Optional[str], name: str):
     """'none' / 'off' disables a gate; otherwise a number."""
