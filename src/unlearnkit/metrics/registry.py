@@ -18,7 +18,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import unknown_name_error
+from ..errors import UnlearnkitError, close_matches
 
 REQUIREMENTS = ("reference", "reference_model", "result")
 
@@ -88,4 +88,8 @@ def get_metric(key: str) -> MetricSpec:
     versions = [s for s in _METRICS.values() if s.name == key]
     if versions:
         return max(versions, key=lambda s: s.version)
-    raise unknown_name_error("metric", key, _METRICS)
+    names = {s.name: s.key for s in _METRICS.values()}
+    hint = close_matches(key, list(names) + list(_METRICS))
+    for name, full in names.items():  # suggest the versioned key
+        hint = hint.replace(f"{name!r}", f"{full!r}")
+    raise UnlearnkitError(f"Unknown metric {key!r}; available: {', '.join(_METRICS)}.{hint}")
