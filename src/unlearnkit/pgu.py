@@ -253,9 +253,8 @@ def projection_bases(cache: "PGUCache", grams: dict[str, torch.Tensor], traces: 
 def project_(grad: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """In place: ``g <- g - g U U^T`` on a weight-shaped gradient (conv weights as out x (in*kh*kw))."""
     groups, dim, _ = basis.shape
-    g = grad.reshape(groups, grad.shape[0] // groups, dim)
-    g64 = g.to(torch.float64)
-    g.copy_((g64 - (g64 @ basis) @ basis.transpose(1, 2)).to(g.dtype))
+    g64 = grad.detach().reshape(groups, grad.shape[0] // groups, dim).to(torch.float64)
+    grad.copy_((g64 - (g64 @ basis) @ basis.transpose(1, 2)).reshape(grad.shape))
     return grad
 
 
@@ -360,6 +359,11 @@ class PGUCache:
             raise UnlearnkitError(f"PGU cache {str(path)!r} has format {meta.get('format_version')}; "
                                   f"this unlearnkit reads {FORMAT_VERSION}. Run `unlearnkit prepare` again.")
         layers = meta["layers"]
+        ids, labels = tensors["ids"].numpy(), tensors["labels"].numpy()
+        if stable_hash({"ids": ids, "labels": labels}) != meta["data_hash"] or any(
+                f"gram.{n}" not in tensors for n in layers):
+            raise UnlearnkitError(f"PGU cache {str(path)!r} is inconsistent (data fingerprint or layers do not "
+                                  "match its header); run `unlearnkit prepare` again.")
         return cls(layers=layers, grams={n: tensors[f"gram.{n}"] for n in layers},
                    traces={n: tensors[f"trace.{n}"] for n in layers}, ids=tensors["ids"].numpy(),
                    labels=tensors["labels"].numpy(), subtracted=tensors["subtracted"].numpy(),

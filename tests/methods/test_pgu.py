@@ -59,6 +59,21 @@ def test_unfold_gram_and_projected_gradient_match_direct_computation():
     torch.testing.assert_close(projected, grad_direct - grad_direct @ u @ u.T, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kwargs", [dict(padding="same"), dict(padding=2, padding_mode="reflect", stride=2),
+                                    dict(padding=1, dilation=2, stride=(2, 1), groups=2)])
+def test_unfolded_inputs_times_weight_reproduce_the_conv(kwargs):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, bias=False, **kwargs)
+    x = torch.randn(2, 4, 9, 9)
+    cols = pgu.layer_inputs(conv, x)  # (groups, n * positions, d)
+    g = conv.groups
+    out = cols @ conv.weight.reshape(g, 6 // g, -1).transpose(1, 2)
+    ref = conv(x)
+    n, o, h, w = ref.shape
+    mine = out.reshape(g, n, h * w, o // g).permute(1, 0, 3, 2).reshape(n, o, h, w)
+    torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_grouped_conv_gets_one_gram_per_group():
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=2, bias=False)
