@@ -29,9 +29,14 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: dict[s
     """Write weights and metadata to ``directory`` (built in a temp dir, then renamed into place)."""
     from safetensors.torch import save_file
 
+    from . import distributed
+
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise UnlearnkitError(f"Output directory {str(directory)!r} already exists.")
+    if not distributed.is_main_process():  # several processes: rank 0 writes, the others wait for it
+        distributed.barrier()
+        return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     record = {"format_version": FORMAT_VERSION, "model_class": type(model).__name__,
@@ -53,6 +58,7 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: dict[s
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    distributed.barrier()
     return directory
 
 

@@ -86,6 +86,11 @@ def environment_info() -> dict[str, Any]:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
+    from . import distributed
+
+    if not distributed.is_main_process():  # several processes: rank 0 writes, the others wait for it
+        distributed.barrier()
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -99,6 +104,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    distributed.barrier()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
