@@ -385,11 +385,11 @@ def store_show(
     console.print(f"store {store}: model {s['model']} {s['model_hash']} ({s['version']}), {s['forgotten']} of "
                   f"{s['training_ids']} training ids forgotten; {s['requests']} requests ({s['applied']} applied, "
                   f"{s['refused']} refused, {s['noop']} nothing new)")
-    rows = [[r.request_id, r.time, r.status, r.method or "-", r.forget["num_new"],
+    rows = [[r.request_id.split("-")[0], r.status, r.method or "-", r.forget["num_new"],
              r.figures.get("UA", "-"), r.figures.get("RA", "-"), r.figures.get("TA", "-"),
-             r.figures.get("MIA-Efficacy", "-"), r.model_after] for r in receipts]
-    console.print(_table("ledger", ["request", "time", "status", "method", "new ids", "UA", "RA", "TA",
-                                    "MIA-Efficacy", "model after"], rows))
+             r.figures.get("MIA-Efficacy", "-")] for r in receipts]
+    console.print(_table("ledger (store-show --json for full receipts)",
+                         ["request", "status", "method", "new ids", "UA", "RA", "TA", "MIA"], rows))
 
 
 def main(argv: list[str] | None = None) -> int:
