@@ -189,7 +189,12 @@ class Context:
         if not self.distributed:
             return
         params = [p for p in model.parameters() if p.requires_grad]
-        for p in params:  # a parameter no rank used gets zeros, as under DDP
+        # a parameter that no rank used keeps grad None (the optimizer skips it, as in one process);
+        # one that some ranks used gets zeros on the others before the average
+        used = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=self.device)
+        self.all_reduce_sum(used)
+        params = [p for p, u in zip(params, used.tolist()) if u > 0]
+        for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         groups: dict[tuple, list[torch.Tensor]] = {}
