@@ -534,6 +534,8 @@ class Store:
         if not forgotten.is_file() or _file_sha256(forgotten) != head["forgotten_sha256"]:
             raise UnlearnkitError(f"{forgotten} is missing or does not match the sha256 recorded in the ledger; "
                                   "the store is damaged.")
+        if (vdir / PGU_CACHE_FILE).is_file():
+            self._check_pgu_cache(vdir / PGU_CACHE_FILE)
         meta = read_meta(vdir)
         if meta.get("model") != self.info["model"].get("model") or meta.get("weights_sha") != head["model_after"]:
             raise UnlearnkitError(f"{vdir} holds another model than this store's ({meta.get('model')!r}, "
@@ -816,6 +818,7 @@ class Store:
         """The current version's PGU cache file, built over the remaining training ids if absent."""
         path = self.version_dir / PGU_CACHE_FILE
         if path.is_file():
+            self._check_pgu_cache(path)
             return path
         from . import pgu
 
@@ -824,12 +827,19 @@ class Store:
                     seed=self.config.seed)
         return staging
 
+    def _check_pgu_cache(self, path: Path) -> None:
+        if _file_sha256(path) != self.head.get("pgu_cache_sha256"):
+            raise UnlearnkitError(f"PGU cache {path} does not match the sha256 recorded in the ledger "
+                                  "(corrupted or replaced); nothing was changed. Delete it to have it rebuilt.")
+
     def _downdated_cache(self, method, model_before, model_after, data, cache_path) -> tuple[bytes | None, str | None]:
         if method == "retrain":
             return None, "dropped (the model was retrained)" if (self.version_dir / PGU_CACHE_FILE).is_file() else None
         path = cache_path or self.version_dir / PGU_CACHE_FILE
         if not Path(path).is_file():
             return None, None
+        if cache_path is None:
+            self._check_pgu_cache(path)
         from . import pgu
 
         cache = pgu.PGUCache.load(path)
@@ -859,7 +869,8 @@ class Store:
         if cache_bytes is not None:
             files[PGU_CACHE_FILE] = cache_bytes
         if receipt is not None:
-            full = {**receipt, "model_sha256": model_sha, "forgotten_sha256": forgotten_sha}
+            full = {**receipt, "model_sha256": model_sha, "forgotten_sha256": forgotten_sha,
+                    "num_forgotten": int(len(np.unique(forgotten)))}
             files[RECEIPT_FILE] = (json.dumps(to_jsonable(full), sort_keys=True) + "\n").encode()
         tmp = Path(tempfile.mkdtemp(dir=models, prefix=f".{version}."))
         try:
@@ -881,6 +892,8 @@ class Store:
 
     def _apply(self, receipt: Receipt, model: nn.Module, meta: dict, forgotten: np.ndarray,
                cache_bytes: bytes | None) -> None:
+        if cache_bytes is not None:
+            receipt.extra["pgu_cache_sha256"] = hashlib.sha256(cache_bytes).hexdigest()
         entry = receipt.to_dict()
         model_sha, forgotten_sha = self._write_version(receipt.version, model, meta, forgotten, cache_bytes, entry)
         receipt.extra.update(model_sha256=model_sha, forgotten_sha256=forgotten_sha, num_forgotten=int(len(forgotten)))

@@ -139,7 +139,16 @@ def test_pgu_cache_is_built_once_and_downdated_by_every_request(tmp_path, checkp
     assert cache.subtracted.tolist() == list(range(20)) and cache.model_hash == st.model_hash
     r3 = st.request(np.arange(20, 30), method="pgu", max_steps=5)  # uses (and downdates) the stored cache
     assert r3.status == "applied"
-    assert PGUCache.load(st.version_dir / store_mod.PGU_CACHE_FILE).subtracted.tolist() == list(range(30))
+    cache_file = st.version_dir / store_mod.PGU_CACHE_FILE
+    assert PGUCache.load(cache_file).subtracted.tolist() == list(range(30))
+    blob = bytearray(cache_file.read_bytes())
+    blob[-1] ^= 0xFF
+    cache_file.write_bytes(bytes(blob))
+    with pytest.raises(UnlearnkitError, match="PGU cache .* does not match the sha256"):
+        st.request([40], method="finetune")
+    assert ledger(st.path)[-1]["request_id"] == r3.request_id  # nothing recorded
+    cache_file.unlink()  # deleting it is the way out: the next PGU request rebuilds it
+    assert Store.open(st.path).request([40], method="finetune").status == "applied"
 
 
 # ---- clean state --------------------------------------------------------------------------------
@@ -147,6 +156,7 @@ def test_bn_recalibration_removes_forget_statistics(digits):
     torch.manual_seed(0)
     model = uk.create_model("cnn", num_classes=10, in_channels=1, image_size=8, width=4).eval()
     data = uk.make_unlearning_data(digits.train, digits.test, "class:3")
+    data.retain = torch.utils.data.Subset(data.retain, range(300))
     clean = copy.deepcopy(model)
     assert recalibrate_batchnorm(clean, data.retain) == 3
     dirty = copy.deepcopy(model)
@@ -156,7 +166,7 @@ def test_bn_recalibration_removes_forget_statistics(digits):
             dirty(x)
     recalibrate_batchnorm(dirty, data.retain)
     with_forget = copy.deepcopy(model)
-    recalibrate_batchnorm(with_forget, data.train)
+    recalibrate_batchnorm(with_forget, torch.utils.data.ConcatDataset([data.retain, data.forget]))
     for (name, a), b, c in zip(clean.state_dict().items(), dirty.state_dict().values(),
                                with_forget.state_dict().values()):
         if "running" in name:
@@ -222,6 +232,7 @@ def test_sigkill_mid_request(tmp_path, checkpoint):
     with pytest.warns(UserWarning, match="rolled forward"):
         again = Store.open(st.path)
     assert ledger(st.path)[-1]["recovered"] is True and again.forgotten_ids.tolist() == list(range(30))
+    assert again.summary()["forgotten"] == 30
     assert uk.utils.state_dict_hash(again.load_model()) == again.model_hash
 
 
