@@ -10,7 +10,7 @@ Importance, as in the reference code: the squared gradient of the mean
 cross-entropy of a batch, averaged over the batches of one pass (``batch_size``
 samples each; D is shuffled so its batches mix retain and forget samples). Our
 choices: the passes run in eval mode (BatchNorm statistics untouched); every
-trainable parameter is dampened. Defaults are the paper's: alpha = 10,
+trainable parameter is eligible; ``batch_size`` defaults to 64. Defaults are the paper's: alpha = 10,
 lambda = 1. Work is one forward+backward pass over D and one over the forget
 set, counted in ``sample_passes``.
 """
