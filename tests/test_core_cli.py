@@ -101,3 +101,8 @@ def test_missing_data_file(tmp_path, capsys, monkeypatch):
     assert main(["train", "--model", "resnet", "--out", str(tmp_path / "o")]) == 2
     assert "Unknown model 'resnet'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_mixed_precision_option_is_validated(capsys):
+    assert main(["--mixed-precision", "fp8", "methods"]) == 2
+    assert "Unknown mixed precision 'fp8'; allowed: no, bf16, fp16" in capsys.readouterr().err

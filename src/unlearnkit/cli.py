@@ -44,7 +44,17 @@ def _table(title: str, columns: list[str], rows: list[list]) -> Table:
 
 
 @app.callback(invoke_without_command=True)
-def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
+def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+          mixed_precision: Optional[str] = typer.Option(
+              None, "--mixed-precision", help="no, bf16 or fp16 (fp16 needs a GPU); applies to every loop.")):
+    if mixed_precision is not None:
+        import os
+
+        from .distributed import PRECISIONS
+
+        if mixed_precision not in PRECISIONS:
+            raise UnlearnkitError(f"Unknown mixed precision {mixed_precision!r}; allowed: {', '.join(PRECISIONS)}.")
+        os.environ["UNLEARNKIT_MIXED_PRECISION"] = mixed_precision  # read when the context is first created
     if version:
         console.print(f"unlearnkit {__version__}")
         raise typer.Exit()
