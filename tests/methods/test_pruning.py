@@ -209,12 +209,13 @@ def test_omp_trainable_parameters_are_the_unpruned_entries(trained_cnn, class3):
 
 # FT on the retain set forgets a class only once the head's class-3 logit has been pushed
 # down; the paper's defaults (Adam 1e-3, 5 epochs of batch 128 = 50 steps here) are too few
-# on digits, so the tests use a larger learning rate and smaller batches.
+# on digits, so the tests use Adam lr 1e-2, batch 32, 3 epochs (114 steps), cosine for the ViT.
+# Measured (seed 0, these settings): forget / retain accuracy in % (original retain 99.9 / 100)
+#   cnn       prune_finetune 0.0 / 99.6   omp 0.7 / 99.9   (constant lr; cosine left omp at 11.9 / 99.8)
+#   vit_tiny  prune_finetune 0.7 / 97.9   omp 0.0 / 97.0   (cosine; constant lr gave 0.0 / 95.7, 0.0 / 97.4)
 FORGET_SETTINGS = {
-    ("cnn", "prune_finetune"): dict(lr=1e-2, epochs=2, batch_size=32),
-    ("cnn", "omp"): dict(lr=1e-2, epochs=2, batch_size=32),
-    ("vit_tiny", "prune_finetune"): dict(lr=1e-2, epochs=2, batch_size=32),
-    ("vit_tiny", "omp"): dict(lr=1e-2, epochs=2, batch_size=32),
+    "cnn": dict(lr=1e-2, epochs=3, batch_size=32),
+    "vit_tiny": dict(lr=1e-2, epochs=3, batch_size=32, schedule="cosine"),
 }
 
 
@@ -223,7 +224,7 @@ def test_class_forgetting_on_digits(tiny_model, class3, method):
     """Bound: forget accuracy on class 3 below 10%, retain accuracy within 5 points of the original."""
     name, model = tiny_model
     retain_before = uk.accuracy(model, class3.retain)
-    result = uk.create_method(method, model, seed=0, **FORGET_SETTINGS[name, method]).fit(class3.retain, None)
+    result = uk.create_method(method, model, seed=0, **FORGET_SETTINGS[name]).fit(class3.retain, None)
     forget_acc = uk.accuracy(result.model, class3.forget)
     retain_acc = uk.accuracy(result.model, class3.retain)
     assert forget_acc < 10.0, (name, method, forget_acc)
