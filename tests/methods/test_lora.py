@@ -1,0 +1,174 @@
+"""lora and prune_lora, and the peft helpers in unlearnkit.lora (tiny CNN and ViT on digits)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import unlearnkit as uk
+from unlearnkit.data.loading import iterate_batches
+from unlearnkit.errors import InvalidConfigError, UnlearnkitError
+from unlearnkit.lora import add_lora, default_rank, resolve_targets
+from unlearnkit.pruning import prune
+
+# Fast settings for class-3 forgetting on digits. Retain-only fine-tuning (the default objective) of the
+# ~99%-accurate tiny models barely forgets on digits (tiny CNN, lr 1e-2, batch 32, 2 epochs: 89.6% forget
+# accuracy left), so the tests add the random-label forget term; Adam lr 1e-3 (default), batch 32, 1 epoch.
+FAST = dict(epochs=1, batch_size=32, forget_loss="random_label")
+# After 50% L2 pruning the retain accuracy must be recovered too: lr 3e-3, 2 epochs (measured on digits:
+# retain 98.4% (cnn) / 97.7% (vit), forget 0.0% for both).
+PRUNE_FAST = dict(epochs=2, batch_size=32, lr=3e-3, forget_loss="random_label")
+FORGET_BOUND = 10.0  # forget accuracy (%) must fall below this
+RETAIN_SLACK = 5.0  # retain accuracy (%) may drop at most this many points
+
+
+def _no_adapters(model: nn.Module, reference_keys: list[str]) -> None:
+    names = [n for n, _ in model.named_modules()]
+    assert not any("lora" in n or "base_layer" in n for n in names)
+    assert not hasattr(model, "peft_config")
+    assert list(model.state_dict()) == reference_keys
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def _implied_lora_params(model: nn.Module, rank: int, names) -> int:
+    """r*(in+out) per Linear, r*(in*kh*kw + out) per Conv2d (peft's lora_A / lora_B shapes)."""
+    total = 0
+    for name in names:
+        m = model.get_submodule(name)
+        if isinstance(m, nn.Linear):
+            total += rank * (m.in_features + m.out_features)
+        else:
+            total += rank * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
+    return total
+
+
+def _head_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.head.parameters())
+
+
+def _check_forgot(name, original, result, data):
+    ra0 = uk.accuracy(original, data.retain)
+    model = result.model
+    forget_acc, retain_acc = uk.accuracy(model, data.forget), uk.accuracy(model, data.retain)
+    assert forget_acc < FORGET_BOUND, f"{name}: forget accuracy {forget_acc:.1f}%"
+    assert retain_acc >= ra0 - RETAIN_SLACK, f"{name}: retain accuracy {ra0:.1f}% -> {retain_acc:.1f}%"
+    assert type(model) is type(original)
+    _no_adapters(model, list(original.state_dict()))
+
+
+def test_lora_class_forgetting(tiny_model, class3):
+    name, model = tiny_model
+    before = copy.deepcopy(model.state_dict())
+    result = uk.unlearn(model, class3.retain, class3.forget, "lora", **FAST)
+    _check_forgot(name, model, result, class3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "input model changed"
+    rank = 16 if name == "vit_tiny" else 8
+    targets = resolve_targets(model)
+    expected = _implied_lora_params(model, rank, targets) + _head_params(model)
+    assert result.trainable_params == expected == result.info["lora_trainable_parameters"]
+    assert result.info["lora_rank"] == rank and result.info["lora_alpha"] == 2 * rank
+    if name == "cnn":  # 3 convs (1->16, 16->32, 32->64, 3x3) at rank 8 + a 64->10 head
+        assert expected == 8 * (9 + 16) + 8 * (144 + 32) + 8 * (288 + 64) + 650 == 5074
+    else:  # q, k, v, proj, fc1, fc2 of 2 blocks + the patch embedding
+        assert {t.rsplit(".", 1)[-1] for t in targets} == {"patch_embed", "q", "k", "v", "proj", "fc1", "fc2"}
+
+
+def test_prune_lora_class_forgetting_keeps_pruned_zero(tiny_model, class3):
+    name, model = tiny_model
+    result = uk.unlearn(model, class3.retain, class3.forget, "prune_lora", **PRUNE_FAST)
+    _check_forgot(name, model, result, class3)
+    masks = prune(copy.deepcopy(model), kind="l2_structured", ratio=0.5).masks  # deterministic: same masks
+    params = dict(result.model.named_parameters())
+    assert masks
+    for pname, keep in masks.items():
+        assert torch.all(params[pname][~keep] == 0), pname
+    info = result.info["pruning"]
+    assert info["kind"] == "l2_structured" and 0.45 < info["total_sparsity"] < 0.55
+    assert result.info["lora_masked_layers"] == len(resolve_targets(model))
+
+
+def test_default_rank_detection(trained_cnn, trained_vit):
+    assert default_rank(trained_cnn) == (8, 16.0)
+    assert default_rank(trained_vit) == (16, 32.0)
+    assert default_rank(uk.create_model("resnet20", num_classes=10)) == (8, 16.0)
+
+
+def test_trainable_count_custom_targets(trained_vit):
+    adapter = add_lora(trained_vit, rank=4, targets=("q", "blocks.*.attn.v"))
+    assert adapter.targets == ["blocks.0.attn.q", "blocks.0.attn.v", "blocks.1.attn.q", "blocks.1.attn.v"]
+    expected = 4 * 4 * (48 + 48) + 490  # four 48x48 Linears at rank 4, head 48*10+10
+    assert adapter.trainable_parameters() == adapter.expected_trainable_parameters() == expected
+    trainable = {n for n, p in trained_vit.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in trainable if ".lora_" in n or n.startswith("head.")}
+    assert {"head.weight", "head.bias"} <= trainable
+
+
+@pytest.mark.parametrize("arch", ["cnn", "vit_tiny"])
+@pytest.mark.parametrize("pruned", [False, True])
+def test_merge_is_exact(arch, pruned, digits, trained_cnn, trained_vit):
+    model = trained_cnn if arch == "cnn" else trained_vit
+    masks = prune(model, kind="magnitude_global" if arch == "vit_tiny" else "l2_structured", ratio=0.5).masks \
+        if pruned else None
+    keys = list(model.state_dict())
+    adapter = add_lora(model)
+    if masks:
+        adapter.enforce_masks(masks)
+    torch.manual_seed(0)
+    for p in adapter.lora_parameters():
+        nn.init.normal_(p, std=0.05)
+    x, _ = next(iterate_batches(digits.test, 64))
+    model.eval()
+    with torch.no_grad():
+        adapted = model(x)
+        with adapter.disabled():
+            base = model(x)
+    assert (adapted - base).abs().max() > 1e-2  # the adapter does change the function
+    merged = adapter.merge(masks)
+    assert merged is model
+    _no_adapters(merged, keys)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), adapted, atol=1e-5, rtol=1e-5)
+    if masks:
+        params = dict(merged.named_parameters())
+        for pname, keep in masks.items():
+            assert torch.all(params[pname][~keep] == 0), pname
+
+
+def test_bad_inputs(trained_cnn, class3):
+    with pytest.raises(InvalidConfigError, match="'rank'"):
+        uk.make_config("lora", rank=0)
+    with pytest.raises(UnlearnkitError, match="'rank'"):
+        add_lora(copy.deepcopy(trained_cnn), rank=0)
+    with pytest.raises(UnlearnkitError, match=r"LoRA targets \['nope', 'features.0'\] include \['nope'\]"):
+        uk.unlearn(trained_cnn, class3.retain, class3.forget, "lora", targets=("nope", "features.0"))
+    with pytest.raises(UnlearnkitError, match="classifier head 'head'"):
+        add_lora(copy.deepcopy(trained_cnn), targets=["head"])
+    with pytest.raises(InvalidConfigError, match="'prune_ratio'"):
+        uk.make_config("prune_lora", prune_ratio=1.0)
+    with pytest.raises(InvalidConfigError, match="'forget_loss'.*'gradient_ascent'"):
+        uk.make_config("lora", forget_loss="ascent")
+    with pytest.raises(UnlearnkitError, match="forget_loss='random_label' needs a non-empty forget set"):
+        uk.unlearn(trained_cnn, class3.retain, None, "lora", forget_loss="random_label")
+    with pytest.raises(UnlearnkitError, match="prune_layers"):
+        uk.unlearn(trained_cnn, class3.retain, None, "prune_lora", prune_layers=("nope",))
+    with pytest.raises(UnlearnkitError, match="no Conv2d or Linear layer besides the classifier head"):
+        add_lora(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+
+
+def test_config_round_trip():
+    config = uk.make_config("prune_lora", targets=["q", "v"], rank=4, prune_layers="features.0,features.3")
+    assert config.targets == ("q", "v") and config.prune_layers == ("features.0", "features.3")
+    again = uk.make_config("prune_lora", config.to_dict())
+    assert again == config
+
+
+def test_lora_sample_forgetting_terms(trained_cnn, random10):
+    """The optional forget terms run and count the forget passes (sample forgetting)."""
+    for kind in ("random_label", "gradient_ascent"):
+        r = uk.unlearn(trained_cnn, random10.retain, random10.forget, "lora", forget_loss=kind, epochs=1,
+                       batch_size=64)
+        assert r.sample_passes > len(random10.retain)
+        _no_adapters(r.model, list(trained_cnn.state_dict()))

@@ -1,0 +1,61 @@
+"""rfa_lora (Residual Feature Alignment with LoRA, a reconstruction) on the tiny CNN and ViT."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import unlearnkit as uk
+from unlearnkit.errors import InvalidConfigError, UnlearnkitError
+from unlearnkit.methods.rfa_lora import HEAD_INPUT, default_aligned_layers
+
+FAST = dict(epochs=2, batch_size=32)  # Adam lr 1e-3 (default); cnn 1 epoch left 23.9% forget accuracy
+FORGET_BOUND = 10.0  # forget accuracy (%) must fall below this
+RETAIN_SLACK = 5.0  # retain accuracy (%) may drop at most this many points
+
+
+def test_rfa_class_forgetting(tiny_model, class3):
+    name, model = tiny_model
+    keys = list(model.state_dict())
+    ra0 = uk.accuracy(model, class3.retain)
+    result = uk.unlearn(model, class3.retain, class3.forget, "rfa_lora", **FAST)
+    out = result.model
+    forget_acc, retain_acc = uk.accuracy(out, class3.forget), uk.accuracy(out, class3.retain)
+    assert forget_acc < FORGET_BOUND, f"{name}: forget accuracy {forget_acc:.1f}%"
+    assert retain_acc >= ra0 - RETAIN_SLACK, f"{name}: retain {ra0:.1f}% -> {retain_acc:.1f}%"
+    assert type(out) is type(model) and list(out.state_dict()) == keys
+    assert not any("lora" in n or "base_layer" in n for n, _ in out.named_modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in out.modules())
+    assert result.info["rfa_shift"] == "mean_other"
+    assert result.trainable_params == result.info["lora_trainable_parameters"]
+
+
+def test_default_aligned_layers(trained_cnn, trained_vit):
+    assert default_aligned_layers(trained_vit) == ["blocks.0", "blocks.1"]
+    assert default_aligned_layers(trained_cnn) == ["features.2", "features.5", "features.8"]  # the ReLUs
+    assert default_aligned_layers(uk.create_model("resnet20", num_classes=10)) == ["layer1", "layer2", "layer3"]
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    assert default_aligned_layers(linear) == [HEAD_INPUT]
+
+
+def test_rfa_fixed_shift_and_custom_layers_run(trained_cnn, class3):
+    """The 'fixed' shift target and an explicit layer list run and leave a plain model without hooks."""
+    model = copy.deepcopy(trained_cnn)
+    r = uk.unlearn(model, class3.retain, class3.forget, "rfa_lora", shift="fixed", layers=["features.8"],
+                   epochs=1, batch_size=128)
+    assert r.info["rfa_layers"] == ["features.8"] and r.info["rfa_shift"] == "fixed"
+    assert all(not m._forward_hooks for m in r.model.modules())
+    assert list(r.model.state_dict()) == list(trained_cnn.state_dict())
+
+
+def test_rfa_bad_inputs(trained_cnn, class3):
+    with pytest.raises(InvalidConfigError, match="'shift'.*'fixed'.*'mean_other'"):
+        uk.make_config("rfa_lora", shift="random")
+    with pytest.raises(InvalidConfigError, match="'rank'"):
+        uk.make_config("rfa_lora", rank=0)
+    with pytest.raises(UnlearnkitError, match=r"'layers' parameter names modules \['nope'\]"):
+        uk.unlearn(trained_cnn, class3.retain, class3.forget, "rfa_lora", layers=("nope",))
+    with pytest.raises(UnlearnkitError, match="needs a forget dataset"):
+        uk.unlearn(trained_cnn, class3.retain, None, "rfa_lora")
