@@ -10,7 +10,7 @@ import torch.nn as nn
 import unlearnkit as uk
 from unlearnkit.methods import list_methods, method_spec
 
-CHEAP = {"epochs": 1, "max_steps": 5}
+CHEAP = {"epochs": 1, "max_epochs": 1, "max_steps": 5}
 
 
 def cheap_overrides(name):
