@@ -106,3 +106,13 @@ def test_missing_data_file(tmp_path, capsys, monkeypatch):
 def test_mixed_precision_option_is_validated(capsys):
     assert main(["--mixed-precision", "fp8", "methods"]) == 2
     assert "Unknown mixed precision 'fp8'; allowed: no, bf16, fp16" in capsys.readouterr().err
+
+
+def test_train_passes_model_args(tmp_path, capsys):
+    out = tmp_path / "ck"
+    assert main(["train", "--model", "cnn", "--model-arg", "width=4", "--epochs", "1", "--out", str(out), "-q"]) == 0
+    assert json.loads((out / "checkpoint.json").read_text())["model_args"]["width"] == 4
+    assert main(["train", "--model", "cnn", "--model-arg", "depth=3", "--out", str(tmp_path / "x"), "-q"]) == 2
+    assert "Unknown argument(s) depth for model 'cnn'" in capsys.readouterr().err
+    assert main(["train", "--model-arg", "width", "--out", str(tmp_path / "x"), "-q"]) == 2
+    assert not (tmp_path / "x").exists()

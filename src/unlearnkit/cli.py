@@ -92,12 +92,14 @@ def train(
     schedule: Optional[str] = typer.Option(None, help="constant, cosine or step."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random crop + flip."),
     subset: Optional[int] = typer.Option(None, help="cifar10 only: a class-balanced subset of N training images."),
+    model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable), e.g. "
+                                        "width=32, pretrained=true, resize=224, weights=FILE."),
     data_root: Optional[str] = DataRootOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
     """Train an original model and save it as a checkpoint."""
     from .training import Recipe, accuracy
-    from .workflow import train_original
+    from .workflow import parse_model_args, save_model, train_original
 
     _setup(quiet)
     values = dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay,
@@ -105,8 +107,7 @@ def train(
     recipe = Recipe(**{k: v for k, v in values.items() if v is not None})
     dataset_args = {"subset": subset} if subset else {}
     net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,
-                                       dataset_args=dataset_args)
-    from .workflow import save_model
+                                       dataset_args=dataset_args, model_kwargs=parse_model_args(model_arg))
 
     test_acc = accuracy(net, splits.test)
     save_model(out, net, meta, {"seed": seed, "test_accuracy": test_acc})

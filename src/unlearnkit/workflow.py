@@ -80,6 +80,31 @@ def parse_overrides(method: str, pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def parse_model_args(pairs: list[str]) -> dict[str, Any]:
+    """``["width=32", "pretrained=true"]`` -> model kwargs (int, float, bool, None or string)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UnlearnkitError(f"--model-arg expects KEY=VALUE; got {pair!r}.")
+        raw = raw.strip()
+        lowered = raw.lower()
+        value: Any = raw
+        if lowered in ("true", "false"):
+            value = lowered == "true"
+        elif lowered == "none":
+            value = None
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(raw)
+                    break
+                except ValueError:
+                    continue
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
 def _parse_value(raw: str, hint, key: str):
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
