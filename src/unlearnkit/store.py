@@ -61,7 +61,6 @@ Our choices (not from a paper):
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import os
@@ -704,7 +703,6 @@ class Store:
             candidates = [first] + ([m for m in cfg.methods if m != first] if use_fallback else [])
 
         attempts: list[_Attempt] = []
-        pgu_cache_path = None
         try:
             return self._run_candidates(candidates, attempts, seq, request_id, start, model, meta, data, before,
                                         method, overrides, device, forgotten, after_forgotten, base, policy, drift)

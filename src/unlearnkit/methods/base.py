@@ -30,7 +30,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from ..config import Config, Interval, Options, field
-from ..errors import UnlearnkitError, unknown_name_error
+from ..errors import DivergenceError, UnlearnkitError, unknown_name_error
 from ..training import Counter, StepFn, fit, make_optimizer
 from ..masking import ParamMask
 from ..utils import PeakMemory, count_parameters, environment_info, resolve_device, seed_everything, timer
@@ -264,4 +264,5 @@ class Method:
             raise RuntimeError(f"{self.name} returned a {type(model).__name__}, not a {type(self.original).__name__}")
         for name, p in model.named_parameters():
             if not torch.isfinite(p).all():
-                raise UnlearnkitError(f"{self.name}: parameter {name!r} became non-finite; lower the learning rate.")
+                raise DivergenceError(f"{self.name}: parameter {name!r} became non-finite (diverged); lower the "
+                                      "learning rate. The input model was left unchanged.")
