@@ -116,3 +116,10 @@ def test_train_passes_model_args(tmp_path, capsys):
     assert "Unknown argument(s) depth for model 'cnn'" in capsys.readouterr().err
     assert main(["train", "--model-arg", "width", "--out", str(tmp_path / "x"), "-q"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_usage_errors_exit_2_without_traceback(capsys):
+    assert main(["forget", "--bogus"]) == 2
+    assert main(["train"]) == 2  # missing --out
+    err = capsys.readouterr().err
+    assert "No such option" in err and "Traceback" not in err

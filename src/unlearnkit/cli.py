@@ -406,6 +406,10 @@ def store_show(
                          ["request", "status", "method", "new ids", "UA", "RA", "TA", "MIA"], rows))
 
 
+_USAGE_ERRORS = {"UsageError", "BadParameter", "MissingParameter", "NoSuchOption", "BadOptionUsage",
+                 "BadArgumentUsage", "ClickException", "FileError"}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
@@ -417,10 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("Aborted.")
         return 130
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        # usage errors (unknown option, missing argument) from click, or from the copy typer vendors
+        if type(e).__name__ in _USAGE_ERRORS and hasattr(e, "show"):
             e.show()
             return 2
         raise
