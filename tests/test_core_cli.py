@@ -123,3 +123,15 @@ def test_usage_errors_exit_2_without_traceback(capsys):
     assert main(["train"]) == 2  # missing --out
     err = capsys.readouterr().err
     assert "No such option" in err and "Traceback" not in err
+
+
+def test_named_recipe_presets(tmp_path, capsys):
+    from unlearnkit.training import Recipe
+
+    r = Recipe.preset("finetune-original", epochs=2)
+    assert r.epochs == 2 and r.lr == 0.01 and r.augment is True
+    out = tmp_path / "ck"
+    assert main(["train", "--model", "mlp", "--recipe", "finetune-original", "--epochs", "1", "--out", str(out), "-q"]) == 0
+    assert json.loads((out / "checkpoint.json").read_text())["recipe"]["lr"] == 0.01
+    assert main(["train", "--recipe", "fast", "--out", str(tmp_path / "x"), "-q"]) == 2
+    assert "Unknown recipe 'fast'; available: finetune-original, scratch" in capsys.readouterr().err

@@ -84,6 +84,8 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory to write."),
     dataset: str = DatasetOpt,
     model: str = typer.Option("cnn", "--model", "-m", help="mlp, cnn, resnet20, resnet56, vit_tiny, timm:NAME, ..."),
+    recipe_name: str = typer.Option("scratch", "--recipe", help="Named recipe: scratch or finetune-original "
+                                    "(pretrained backbone fine-tuned, the PruneLoRA setting); options below override it."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (recipe default 30)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     optimizer: Optional[str] = typer.Option(None, help="sgd, adam or adamw."),
@@ -104,7 +106,7 @@ def train(
     _setup(quiet)
     values = dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay,
                   schedule=schedule, augment=augment)
-    recipe = Recipe(**{k: v for k, v in values.items() if v is not None})
+    recipe = Recipe.preset(recipe_name, **{k: v for k, v in values.items() if v is not None})
     dataset_args = {"subset": subset} if subset else {}
     net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,
                                        dataset_args=dataset_args, model_kwargs=parse_model_args(model_arg))

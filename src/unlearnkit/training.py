@@ -156,6 +156,27 @@ class Recipe(Config):
         "seed": [Interval(int, 0, None)],
     }
 
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "Recipe":
+        """A named recipe (see ``RECIPE_PRESETS``) with optional field overrides."""
+        from .errors import unknown_name_error
+
+        if name not in RECIPE_PRESETS:
+            raise unknown_name_error("recipe", name, RECIPE_PRESETS)
+        return cls(**{**RECIPE_PRESETS[name], **overrides})
+
+
+# Named starting points for ``Recipe.preset`` and ``unlearnkit train --recipe``.
+RECIPE_PRESETS: dict[str, dict] = {
+    # from-scratch training of the small CIFAR-style models (ResNet-20: ~79% on a 10k CIFAR-10 subset here)
+    "scratch": {},
+    # the PruneLoRA papers' setting: an ImageNet-pretrained backbone fine-tuned on CIFAR-10 (inputs
+    # resized by the model's `resize` argument); short, low-LR SGD with cosine decay and augmentation.
+    # The exact recipe is not in the paper: this one is ours.
+    "finetune-original": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 5,
+                          "batch_size": 128, "schedule": "cosine", "augment": True},
+}
+
 
 def train(model: nn.Module, dataset: Dataset, recipe: Recipe | None = None, *,
           counter: Counter | None = None, description: str = "train", **overrides) -> nn.Module:
