@@ -117,6 +117,8 @@ def load_checkpoint(directory: str | os.PathLike, *, num_classes: int | None = N
         raise UnlearnkitError(
             f"Checkpoint {str(directory)!r} has {meta.get('num_classes')} classes but the data has {num_classes}."
         )
-    model = create_model(meta["model"], **meta.get("model_args", {}))
+    # the checkpoint holds every weight: never download or read the pretrained ones again
+    args = {k: v for k, v in meta.get("model_args", {}).items() if k not in ("pretrained", "weights")}
+    model = create_model(meta["model"], **args)
     load_weights(model, directory)
     return model.to(device).eval(), meta
