@@ -90,6 +90,25 @@ class InstanceOf(Constraint):
         return f"an instance of {getattr(self.kind, '__name__', self.kind)}"
 
 
+@dataclass(frozen=True)
+class NameList(Constraint):
+    """A non-empty list of non-empty names; a comma-separated string or a list is stored as a tuple."""
+
+    what: str = "names"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, tuple) and bool(value) and all(isinstance(n, str) and n for n in value)
+
+    @staticmethod
+    def normalize(value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return tuple(value) if isinstance(value, list) else value
+
+    def __str__(self) -> str:
+        return f"a non-empty list of {self.what}"
+
+
 def _as_constraint(c: Any) -> Constraint:
     if isinstance(c, Constraint):
         return c
@@ -134,6 +153,9 @@ class Config:
 
     def validate(self) -> None:
         owner = type(self).__name__
+        for name, allowed in self.all_constraints().items():
+            if any(isinstance(c, NameList) for c in allowed):
+                setattr(self, name, NameList.normalize(getattr(self, name)))
         for f in dataclasses.fields(self):
             allowed = self.all_constraints().get(f.name)
             if allowed is not None:

@@ -33,9 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import InstanceOf, Interval, Options, field
+from ..config import Interval, NameList, Options, field
 from ..data.loading import iterate_batches
-from ..errors import InvalidConfigError, UnlearnkitError
+from ..errors import UnlearnkitError
 from ..lora import LoraAdapter, add_lora
 from ..masking import ParamMask
 from ..models.registry import classifier_head
@@ -57,23 +57,8 @@ class LoraAdapterConfig(TrainingConfig):
         "rank": [Interval(int, 1, None), None],
         "alpha": [Interval(float, 0, None, closed="neither"), None],
         "dropout": [Interval(float, 0, 1, closed="left")],
-        "targets": [InstanceOf((tuple, list), "a list of layer names"), None],
+        "targets": [NameList("layer names"), None],
     }
-
-    def __post_init__(self) -> None:
-        if isinstance(self.targets, str):
-            self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
-        elif isinstance(self.targets, list):
-            self.targets = tuple(self.targets)
-        super().__post_init__()
-
-    def _check_consistency(self) -> None:
-        super()._check_consistency()
-        if self.targets is not None:
-            if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-                raise InvalidConfigError(
-                    f"The 'targets' parameter of {type(self).__name__} must be a non-empty list of layer names "
-                    f"or None. Got {self.targets!r} instead.")
 
 
 @dataclass(kw_only=True)

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import InstanceOf, Interval, Options, field
-from ..errors import InvalidConfigError, UnlearnkitError
+from ..config import Interval, NameList, Options, field
+from ..errors import UnlearnkitError
 from ..pruning import prune
 from .base import register_method
 from .lora import LoraConfig, LoraMethod
@@ -43,23 +43,8 @@ class PruneLoraConfig(LoraConfig):
     constraints = {
         "prune_kind": [Options("l2_structured", "magnitude_global")],
         "prune_ratio": [Interval(float, 0, 1, closed="left")],
-        "prune_layers": [InstanceOf((tuple, list), "a list of module names"), None],
+        "prune_layers": [NameList("module names"), None],
     }
-
-    def __post_init__(self) -> None:
-        if isinstance(self.prune_layers, str):
-            self.prune_layers = tuple(t.strip() for t in self.prune_layers.split(",") if t.strip())
-        elif isinstance(self.prune_layers, list):
-            self.prune_layers = tuple(self.prune_layers)
-        super().__post_init__()
-
-    def _check_consistency(self) -> None:
-        super()._check_consistency()
-        if self.prune_layers is not None and (
-                not self.prune_layers or not all(isinstance(n, str) and n for n in self.prune_layers)):
-            raise InvalidConfigError(
-                f"The 'prune_layers' parameter of PruneLoraConfig must be a non-empty list of module names or "
-                f"None. Got {self.prune_layers!r} instead.")
 
 
 @register_method("prune_lora", config=PruneLoraConfig,

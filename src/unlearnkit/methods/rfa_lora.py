@@ -56,9 +56,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import InstanceOf, Interval, Options, field
+from ..config import Interval, NameList, Options, field
 from ..data.loading import iterate_batches
-from ..errors import InvalidConfigError, UnlearnkitError
+from ..errors import UnlearnkitError
 from ..models.registry import classifier_head
 from .base import register_method
 from .lora import LoraAdapterConfig, LoraMethod, cycle_batches
@@ -81,27 +81,13 @@ class RfaLoraConfig(LoraAdapterConfig):
     ce_weight: float = field(1.0, "Weight of the cross-entropy on retain batches (0 = alignment only).")
 
     constraints = {
-        "layers": [InstanceOf((tuple, list), "a list of module names"), None],
+        "layers": [NameList("module names"), None],
         "shift": [Options("mean_other", "fixed")],
         "shift_scale": [Interval(float, 0, None, closed="neither")],
         "retain_weight": [Interval(float, 0, None, closed="left")],
         "forget_weight": [Interval(float, 0, None, closed="left")],
         "ce_weight": [Interval(float, 0, None, closed="left")],
     }
-
-    def __post_init__(self) -> None:
-        if isinstance(self.layers, str):
-            self.layers = tuple(t.strip() for t in self.layers.split(",") if t.strip())
-        elif isinstance(self.layers, list):
-            self.layers = tuple(self.layers)
-        super().__post_init__()
-
-    def _check_consistency(self) -> None:
-        super()._check_consistency()
-        if self.layers is not None and (not self.layers or not all(isinstance(n, str) and n for n in self.layers)):
-            raise InvalidConfigError(
-                f"The 'layers' parameter of RfaLoraConfig must be a non-empty list of module names or None. "
-                f"Got {self.layers!r} instead.")
 
 
 def default_aligned_layers(model: nn.Module) -> list[str]:
