@@ -61,6 +61,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from . import distributed as dist
 from .data.datasets import dataset_labels
 from .data.loading import iterate_batches
 from .errors import UnlearnkitError
@@ -187,14 +188,18 @@ def _accumulate(model: nn.Module, datasets: Iterable[Dataset], layers: dict[str,
     model.eval()  # BatchNorm statistics as at inference; no dropout
     count = 0
     try:
-        for data in datasets:
-            for x, _ in iterate_batches(data, batch_size, device=device):
+        for data in datasets:  # under a multi-process launcher each rank passes its shard; sums are all-reduced
+            for x, _ in iterate_batches(dist.shard_dataset(data), batch_size, device=device):
                 model(x)
                 count += len(x)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+    if dist.is_distributed():
+        for t in (*stats.values(), *traces.values()):
+            dist.all_reduce_sum(t)
+        count = int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.long, device=device)).item())
     return ({k: v.cpu() for k, v in stats.items()}, {k: v.cpu() for k, v in traces.items()}, count)
 
 

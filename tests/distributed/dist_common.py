@@ -56,3 +56,24 @@ def features(dataset) -> torch.Tensor:
     """Gram-like per-sample features: flattened inputs and a constant column (float64, exact sums)."""
     x = torch.stack([dataset[i][0].reshape(-1) for i in range(len(dataset))]).double()
     return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+
+
+def special_state(train) -> dict:
+    """What methods compute in their own passes: PGU's Grams, SSD's Fisher, SalUn's forget gradients."""
+    from unlearnkit.methods.salun import forget_gradients
+    from unlearnkit.methods.ssd import fisher_diagonal
+    from unlearnkit.pgu import PGUCache
+
+    from unlearnkit.training import Counter
+
+    model = build_model(seed=0)
+    seen = {"pgu": 0}
+    hook = model.register_forward_pre_hook(lambda m, args: seen.__setitem__("pgu", seen["pgu"] + len(args[0])))
+    cache = PGUCache.build(model, [train], batch_size=50)
+    hook.remove()
+    ssd_counter, salun_counter = Counter(), Counter()
+    fisher = fisher_diagonal(model, train, 64, torch.Generator().manual_seed(3), ssd_counter)
+    grads = forget_gradients(model, Subset(train, range(300)), 32, salun_counter)
+    return {"pgu_grams": cache.grams, "pgu_traces": cache.traces, "fisher": fisher, "salun_grads": grads,
+            "samples_seen": {"pgu": seen["pgu"], "ssd": ssd_counter.sample_passes,
+                             "salun": salun_counter.sample_passes}}

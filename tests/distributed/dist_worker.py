@@ -2,7 +2,8 @@
 
 Every rank trains the same MLP with ``unlearnkit.training.fit`` (global batch 64 = 2 x 32),
 with a ParamMask drawn differently on each rank (it must be replaced by rank 0's), evaluates
-with ``predict_logits`` (all-gathered) and all-reduces a per-rank Gram matrix. Each rank
+with ``predict_logits`` (all-gathered), all-reduces a per-rank Gram matrix and runs the
+sharded passes of PGU (Grams), SSD (Fisher) and SalUn (forget gradients). Each rank
 saves what it ended with to ``OUT/rank{r}.pt``; the test compares with one process.
 """
 
@@ -45,7 +46,7 @@ def main(out: Path) -> None:
     torch.save({"rank": r, "world": world, "state": model.state_dict(),
                 "mask": {k: v.clone() for k, v in mask.trainable.items()},
                 "logits": logits, "labels": labels, "gram": gram,
-                "shard": dist.shard_bounds(len(train))}, out / f"rank{r}.pt")
+                "shard": dist.shard_bounds(len(train)), "special": common.special_state(train)}, out / f"rank{r}.pt")
     dist.barrier()
     # Skip interpreter shutdown: gloo's threads can abort a rank in its C++ destructors at exit
     # ("terminate called without an active exception"), seen once in CI after all results were written.

@@ -84,7 +84,7 @@ def single():
     logits, labels = common.evaluate(model)
     f = common.features(train)
     return {"state": model.state_dict(), "mask": mask.trainable, "logits": logits, "labels": labels,
-            "gram": f.T @ f}
+            "gram": f.T @ f, "special": common.special_state(train)}
 
 
 def test_ranks_hold_identical_models(two_ranks):
@@ -123,6 +123,31 @@ def test_gathered_logits_match_single_process(two_ranks, single):
 def test_all_reduce_sum_of_gram_matrices(two_ranks, single):
     for res in two_ranks:
         assert torch.allclose(res["gram"], single["gram"], rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("part", ["pgu_grams", "pgu_traces", "fisher", "salun_grads"])
+def test_sharded_method_passes_match_single_process(two_ranks, single, part):
+    """PGU's Grams, SSD's Fisher and SalUn's gradients: each rank passes a shard, the sums are all-reduced."""
+    ref = single["special"][part]
+    for res in two_ranks:
+        got = res["special"][part]
+        assert got.keys() == ref.keys()
+        for name in ref:
+            tol = 1e-9 if ref[name].dtype == torch.float64 else 1e-5
+            scale = ref[name].abs().max().item() or 1.0
+            diff = (got[name] - ref[name]).abs().max().item()
+            assert diff <= tol * scale, f"{part} {name}: max |distributed - single| = {diff:.2e} (scale {scale:.2e})"
+    assert any(v.abs().sum() > 0 for v in ref.values())
+
+
+def test_method_passes_split_the_work(two_ranks, single):
+    """Each rank passes about half the samples of those passes (not all of them, twice)."""
+    total = single["special"]["samples_seen"]
+    assert total == {"pgu": common.TRAIN_SIZE, "ssd": common.TRAIN_SIZE, "salun": 300}
+    seen = [res["special"]["samples_seen"] for res in two_ranks]
+    for part, n in total.items():
+        assert sum(s[part] for s in seen) == n, part
+        assert all(s[part] < 0.6 * n for s in seen), (part, seen)
 
 
 def test_bf16_mixed_precision_single_process_smoke(digits):

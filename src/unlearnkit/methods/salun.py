@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .. import distributed as dist
 from ..config import Interval, field
 from ..data import iterate_batches
 from ..masking import ParamMask
@@ -37,12 +38,15 @@ from .random_label import RandomLabelConfig, num_classes_of, random_label_datase
 
 def forget_gradients(model: nn.Module, forget: Dataset, batch_size: int,
                      counter: Counter | None = None) -> dict[str, torch.Tensor]:
-    """Gradient of the summed forget-set cross-entropy per trainable parameter (eval mode, no .grad side effects)."""
+    """Gradient of the summed forget-set cross-entropy per trainable parameter (eval mode, no .grad side effects).
+
+    Under a multi-process launcher each rank passes its shard of the forget set and the sums are all-reduced.
+    """
     was_training = model.training
     model.eval()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     grads = {n: torch.zeros_like(p) for n, p in named}
-    for x, y in iterate_batches(forget, batch_size, device=model_device(model)):
+    for x, y in iterate_batches(dist.shard_dataset(forget), batch_size, device=model_device(model)):
         loss = F.cross_entropy(model(x), y, reduction="sum")
         for (n, _), g in zip(named, torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)):
             if g is not None:
@@ -50,6 +54,8 @@ def forget_gradients(model: nn.Module, forget: Dataset, batch_size: int,
         if counter is not None:
             counter.sample_passes += len(x)
     model.train(was_training)
+    for g in grads.values():
+        dist.all_reduce_sum(g)
     return grads
 
 

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .. import distributed as dist
 from ..config import Interval, field
 from ..data import iterate_batches
 from ..training import Counter
@@ -34,13 +35,21 @@ from .random_label import concat_datasets
 
 def fisher_diagonal(model: nn.Module, dataset: Dataset, batch_size: int, generator: torch.Generator,
                     counter: Counter | None = None) -> dict[str, torch.Tensor]:
-    """Mean over one shuffled pass of the squared batch gradient of the cross-entropy, per trainable parameter."""
+    """Mean over one shuffled pass of the squared batch gradient of the cross-entropy, per trainable parameter.
+
+    Under a multi-process launcher every rank draws the same batches and takes every
+    world-size-th one; the sums and the batch count are all-reduced (same result as one process).
+    """
     was_training = model.training
     model.eval()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     importance = {n: torch.zeros_like(p) for n, p in named}
+    rank, world = dist.rank(), dist.world_size()
     batches = 0
-    for x, y in iterate_batches(dataset, batch_size, shuffle=True, generator=generator, device=model_device(model)):
+    for i, (x, y) in enumerate(iterate_batches(dataset, batch_size, shuffle=True, generator=generator,
+                                                device=model_device(model))):
+        if i % world != rank:
+            continue
         loss = F.cross_entropy(model(x), y)
         for (n, _), g in zip(named, torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)):
             if g is not None:
@@ -49,6 +58,11 @@ def fisher_diagonal(model: nn.Module, dataset: Dataset, batch_size: int, generat
         if counter is not None:
             counter.sample_passes += len(x)
     model.train(was_training)
+    if world > 1:
+        for imp in importance.values():
+            dist.all_reduce_sum(imp)
+        batches = int(dist.all_reduce_sum(torch.tensor([batches], dtype=torch.long,
+                                                        device=model_device(model))).item())
     for imp in importance.values():
         imp /= max(batches, 1)
     return importance
