@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+import unlearnkit
 from unlearnkit.bench import load_bench_config, load_records, result_path, run_benchmark, write_report
 from unlearnkit.cli import main
 from unlearnkit.errors import InvalidConfigError, UnlearnkitError
@@ -167,10 +169,25 @@ def test_cli_report_rewrites_reports(first_run, capsys):
     assert (out / "report.html").is_file()
 
 
-@pytest.mark.parametrize("name", ["smoke", "cifar10-cpu", "cifar10-full"])
-def test_shipped_configs_are_valid(name):
+def test_configs_ship_inside_the_package():
+    from unlearnkit.bench.config import SHIPPED_CONFIGS, shipped_configs
+
+    assert {"smoke", "cifar10-cpu", "cifar10-cpu-vit", "cifar10-full", "cifar10-gpu"} <= set(shipped_configs())
+    assert SHIPPED_CONFIGS.is_relative_to(Path(unlearnkit.__file__).parent)  # found from any working directory
+
+
+@pytest.mark.parametrize("name", ["smoke", "cifar10-cpu", "cifar10-cpu-vit", "cifar10-full"])
+def test_shipped_configs_are_valid(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not from a source checkout
     config = load_bench_config(name)
     assert config.name == name and "retrain" in config.methods and config.seeds
+
+
+def test_own_benchmarks_folder_comes_first(tmp_path, monkeypatch):
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "smoke.yaml").write_text("name: my-smoke\ndataset: digits\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_bench_config("smoke").name == "my-smoke"
 
 
 def test_bad_yaml_is_one_line(tmp_path):

@@ -1,6 +1,6 @@
 """Benchmark configs: one YAML (or TOML) file describes a whole comparison.
 
-Example (``benchmarks/smoke.yaml``)::
+Example (the shipped ``smoke`` config, ``src/unlearnkit/bench/configs/smoke.yaml``)::
 
     name: smoke
     dataset: digits
@@ -161,13 +161,17 @@ def _normalise_methods(methods: Any) -> dict[str, dict]:
     raise InvalidConfigError(f"The 'methods' of a benchmark must be a mapping or a list; got {methods!r}.")
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
 def builtin_config_dirs() -> list[Path]:
-    """Where ``--config NAME`` looks: ./benchmarks, then the source checkout's benchmarks/."""
-    here = Path(__file__).resolve()
-    dirs = [Path.cwd() / "benchmarks"]
-    if len(here.parents) > 3:
-        dirs.append(here.parents[3] / "benchmarks")
-    return dirs
+    """Where ``--config NAME`` looks: ./benchmarks (your own configs) first, then the shipped ones."""
+    return [Path.cwd() / "benchmarks", SHIPPED_CONFIGS]
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs installed with the package (smoke, cifar10-cpu, ...)."""
+    return sorted(p.stem for p in SHIPPED_CONFIGS.iterdir() if p.suffix in CONFIG_SUFFIXES)
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
