@@ -130,14 +130,15 @@ def forget(
     from .api import unlearn
     from .metrics import evaluate
     from .utils import atomic_write_json
-    from .workflow import forget_data, load_original, method_config_for, parse_overrides, save_model
+    from .workflow import forget_data, load_original, method_config_for, method_options_for, parse_overrides, save_model
 
     _setup(quiet)
     config = method_config_for(method, {}, parse_overrides(method, set_))  # validate before loading anything
     net, meta, splits = load_original(checkpoint, data_root=data_root, device=device)
     config = method_config_for(method, meta, parse_overrides(method, set_))
     data = forget_data(splits, forget_spec, seed)
-    result = unlearn(net, data.retain, data.forget, method, config=config, device=device, seed=seed)
+    result = unlearn(net, data.retain, data.forget, method, config=config, device=device, seed=seed,
+                     **method_options_for(method, meta))
     evaluation = evaluate(result.model, data, result=result, seed=seed)
     record = {"result": result.to_dict(), "forget": data.request.to_dict(), "evaluation": evaluation.to_dict(),
               "original": str(checkpoint)}

@@ -774,7 +774,7 @@ class Store:
 
     def _attempt(self, name, model, meta, data, before, overrides, device, pgu_cache_path) -> _Attempt:
         from .api import unlearn
-        from .workflow import method_config_for
+        from .workflow import method_config_for, method_options_for
 
         cfg = self.config
         record: dict[str, Any] = {"method": name}
@@ -785,7 +785,8 @@ class Store:
         config = method_config_for(name, recipe_meta, values)
         record["config"] = {k: v for k, v in config.to_dict().items() if k != "cache"}
         try:
-            result = unlearn(model, data.retain, data.forget, name, config=config, device=device, seed=cfg.seed)
+            result = unlearn(model, data.retain, data.forget, name, config=config, device=device, seed=cfg.seed,
+                             **method_options_for(name, {**meta, **self.info.get("model", {})}))
         except UnlearnkitError as e:  # a diverged attempt (or one the method refuses) is a failed attempt
             record.update(error=str(e), passed=False)
             return _Attempt(name, None, record, False)

@@ -146,6 +146,27 @@ def method_config_for(method: str, meta: dict[str, Any], overrides: dict[str, An
     return make_config(method, base, **overrides)
 
 
+def initial_model_factory(meta: dict[str, Any]):
+    """How the checkpoint's model was first built, when that was not a plain random draw.
+
+    A model created with ``pretrained=`` or ``weights=`` was fine-tuned from those weights, so
+    its retrain oracle starts from them too (with the same freshly drawn head); None otherwise
+    (retrain then re-draws every weight).
+    """
+    args = dict(meta.get("model_args") or {})
+    if "model" not in meta or not (args.get("pretrained") or args.get("weights")):
+        return None
+    from .models import create_model
+
+    return lambda: create_model(meta["model"], **args)
+
+
+def method_options_for(method: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Options (not config fields) the CLI and the benchmark pass to a method built from a checkpoint."""
+    factory = initial_model_factory(meta) if method == "retrain" else None
+    return {"model_factory": factory} if factory is not None else {}
+
+
 def forget_data(splits: DatasetSplits, spec: str, seed: int):
     return make_unlearning_data(splits.train, splits.test, spec, seed=seed, num_classes=splits.num_classes)
 

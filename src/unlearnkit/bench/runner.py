@@ -173,7 +173,7 @@ class BenchRunner:
         """(model, UnlearnResult): retrain from scratch on the retain set, once per scenario and seed."""
         from ..api import unlearn
         from ..methods import UnlearnResult
-        from ..workflow import save_model
+        from ..workflow import method_options_for, save_model
 
         config = self.config.method_config("retrain", original_meta)
         if config is None:
@@ -186,7 +186,8 @@ class BenchRunner:
             return model, UnlearnResult(model=model, **meta["result"])
         base, _ = load_checkpoint(self.cache / "originals" / original_key, num_classes=self.splits.num_classes,
                                   device=self.device)
-        result = unlearn(base, data.retain, data.forget, "retrain", config=config, device=str(self.device), seed=seed)
+        result = unlearn(base, data.retain, data.forget, "retrain", config=config, device=str(self.device), seed=seed,
+                         **method_options_for("retrain", original_meta))
         save_model(path, result.model, original_meta, {"oracle": {"scenario": scenario, "seed": seed},
                                                       "result": result.to_dict(), "bench_key": key})
         self.summary.oracles_trained += 1

@@ -1,7 +1,7 @@
 """Unlearning methods, registered by name. Each module registers itself on import."""
 
 from .base import (Method, MethodConfig, TrainingConfig, UnlearnResult, config_from_dict, create_method,
-                   get_method, list_methods, make_config, method_spec, register_method)
+                   get_method, list_methods, make_config, method_options, method_spec, register_method)
 
 # one module per method; importing registers it
 from . import finetune, retrain  # noqa: F401,E402
@@ -10,4 +10,4 @@ from . import pgu  # noqa: F401,E402
 from . import gradient_ascent, random_label, l1_sparse, salun, scrub, ssd  # noqa: F401,E402
 
 __all__ = ["Method", "MethodConfig", "TrainingConfig", "UnlearnResult", "config_from_dict", "create_method",
-           "get_method", "list_methods", "make_config", "method_spec", "register_method"]
+           "get_method", "list_methods", "make_config", "method_options", "method_spec", "register_method"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import inspect
 from dataclasses import dataclass, field as dc_field
 from typing import Any, ClassVar, Literal
 
@@ -158,9 +159,23 @@ def config_from_dict(values: dict[str, Any]) -> MethodConfig:
     return make_config(values["method"], values)
 
 
+def method_options(name: str) -> tuple[str, ...]:
+    """Keyword-only options of a method's constructor (``device``, ``seed``, ``inplace`` and its own,
+    e.g. retrain's ``model_factory`` or pgu's ``check_data``): objects, not config fields."""
+    names: list[str] = []
+    for klass in get_method(name).__mro__:  # a subclass adds options and passes the rest on with **kwargs
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        names += [p.name for p in inspect.signature(init).parameters.values()
+                  if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in names]
+    return tuple(names)
+
+
 def create_method(name: str, model: nn.Module, config: MethodConfig | dict | None = None, **kwargs) -> "Method":
-    """Instantiate a registered method; ``kwargs`` split into Method options and config overrides."""
-    run_options = {k: kwargs.pop(k) for k in ("device", "seed", "inplace") if k in kwargs}
+    """Instantiate a registered method; ``kwargs`` split into the method's options and config overrides."""
+    options = method_options(name)
+    run_options = {k: kwargs.pop(k) for k in list(kwargs) if k in options}
     return get_method(name)(model, make_config(name, config, **kwargs), **run_options)
 
 

@@ -1,16 +1,25 @@
 """Retrain from scratch on the retain set: the gold standard every method is compared with.
 
-Starts from a fresh random initialisation (never the original's weights) and
-follows the original's training recipe; the defaults equal ``Recipe()``'s, and
-the CLI and benchmark pass the recipe stored with the original checkpoint.
+Starts from what the original started from, never from the original's weights:
+a fresh random initialisation (``fresh_copy``: every module's ``reset_parameters``,
+drawn with the run's seed), or the model ``model_factory()`` builds, e.g. the
+pretrained backbone the original was fine-tuned from, with a freshly drawn head.
+The CLI and the benchmark pass such a factory for checkpoints created with
+``pretrained=`` or ``weights=``. Training follows the original's recipe; the
+defaults equal ``Recipe()``'s, and the CLI and benchmark pass the recipe stored
+with the original checkpoint.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
+
+import torch
+import torch.nn as nn
 
 from ..config import Interval, Options, field
+from ..errors import UnlearnkitError
 from ..models import fresh_copy
 from ..training import Recipe, train
 from .base import Method, MethodConfig, register_method
@@ -46,11 +55,34 @@ class RetrainConfig(MethodConfig):
 
 
 @register_method("retrain", config=RetrainConfig,
-                 description="Train a fresh initialisation on the retain set only (the gold standard).")
+                 description="Train on the retain set only from a fresh init (or the original's pretrained start): the gold standard.")
 class Retrain(Method):
     needs_forget = False
 
+    def __init__(self, model: nn.Module, config: RetrainConfig | None = None, *,
+                 model_factory: Callable[[], nn.Module] | None = None, **kwargs):
+        super().__init__(model, config, **kwargs)
+        if model_factory is not None and not callable(model_factory):
+            raise UnlearnkitError(f"model_factory must be a callable returning a fresh nn.Module; "
+                                  f"got {type(model_factory).__name__}.")
+        self.model_factory = model_factory
+
+    def initial_model(self, model: nn.Module) -> nn.Module:
+        """The starting point: ``model_factory()`` under the run's seed, else a fresh draw of ``model``."""
+        if self.model_factory is None:
+            return fresh_copy(model, seed=self.seed)
+        torch.manual_seed(self.seed)
+        fresh = self.model_factory()
+        if not isinstance(fresh, nn.Module):
+            raise UnlearnkitError(f"model_factory returned {type(fresh).__name__}, not an nn.Module.")
+        ours, theirs = model.state_dict(), fresh.state_dict()
+        wrong = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+        if wrong or len(ours) != len(theirs):
+            detail = f"{wrong[0]!r} differs" if wrong else f"{len(theirs)} tensors instead of {len(ours)}"
+            raise UnlearnkitError(f"model_factory built a model of another architecture than the input ({detail}).")
+        return fresh
+
     def _unlearn(self, model, retain, forget):
-        fresh = fresh_copy(model, seed=self.seed).to(self.device)
+        fresh = self.initial_model(model).to(self.device)
         del model
         return train(fresh, retain, self.config.to_recipe(self.seed), counter=self.counter, description="retrain")

@@ -27,7 +27,12 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int | None = 32,
                  input_dim: int | None = None, **kwargs) -> nn.Module:
-    """Build a registered model; kwargs set to None fall back to the model's defaults."""
+    """Build a registered model; kwargs set to None fall back to the model's defaults.
+
+    ``weights="file.safetensors"`` (or a ``.pt``/``.pth`` state dict, read with
+    ``weights_only=True``) starts a built-in model from your own weights; tensors of
+    another shape (a head for another number of classes) keep their fresh initialisation.
+    """
     if ":" in name:
         from .external import create_external_model
 
@@ -37,6 +42,10 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_siz
         raise unknown_name_error("model", name, _MODELS)
     fn = _MODELS[name]
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    weights = kwargs.pop("weights", None)
+    if kwargs.pop("pretrained", False):
+        raise UnlearnkitError(f"Built-in model {name!r} has no published pretrained weights; pass weights=FILE "
+                              "(your own state dict) or use a timm:/torchvision: model.")
     accepted = inspect.signature(fn).parameters
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
@@ -44,7 +53,12 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_siz
         raise UnlearnkitError(f"Unknown argument(s) {', '.join(unknown)} for model {name!r}; allowed: {', '.join(allowed)}.")
     context = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, input_dim=input_dim)
     kwargs.update({k: v for k, v in context.items() if k in accepted})
-    return fn(**kwargs)
+    model = fn(**kwargs)
+    if weights is not None:
+        from .external import load_weights_file
+
+        load_weights_file(model, weights)
+    return model
 
 
 def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:

@@ -231,6 +231,6 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     if unchanged:
         raise UnlearnkitError(
             f"Cannot re-initialise parameter {unchanged[0]!r} of {type(model).__name__}: give the model a "
-            "reset_parameters() method, or pass model_factory= to retrain."
+            "reset_parameters() method, or pass model_factory= (a function building a fresh model) to retrain."
         )
     return clone
