@@ -172,11 +172,11 @@ def test_cli_report_rewrites_reports(first_run, capsys):
 def test_configs_ship_inside_the_package():
     from unlearnkit.bench.config import SHIPPED_CONFIGS, shipped_configs
 
-    assert {"smoke", "cifar10-cpu", "cifar10-cpu-vit", "cifar10-full", "cifar10-gpu"} <= set(shipped_configs())
+    assert {"smoke", "cifar10-cpu", "cifar10-full", "cifar10-gpu"} <= set(shipped_configs())
     assert SHIPPED_CONFIGS.is_relative_to(Path(unlearnkit.__file__).parent)  # found from any working directory
 
 
-@pytest.mark.parametrize("name", ["smoke", "cifar10-cpu", "cifar10-cpu-vit", "cifar10-full"])
+@pytest.mark.parametrize("name", ["smoke", "cifar10-cpu", "cifar10-full"])
 def test_shipped_configs_are_valid(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not from a source checkout
     config = load_bench_config(name)
@@ -207,3 +207,41 @@ def test_test_subset_is_class_balanced():
     runner = BenchRunner(load_bench_config({**TINY, "test_subset": 100}), "unused-out")
     labels = dataset_labels(runner.splits.test)
     assert len(labels) == 100 and labels.bincount().tolist() == [10] * 10
+
+
+VARIANTS = {**TINY, "name": "two-models", "methods": {"finetune": {"lr": 0.01, "epochs": 1}, "retrain": {}},
+            "variants": {"cnn8": {}, "mlp": {"model": "mlp", "model_kwargs": {"hidden": 16},
+                                             "methods": {"retrain": {}, "lora": {"epochs": 1}}}}}
+
+
+def test_variants_run_into_their_folders_with_one_cache_and_one_report(tmp_path, cache_dir):
+    out = tmp_path / "variants"
+    summary = run_benchmark(VARIANTS, out)
+    assert summary.originals_trained == 2 and not summary.errors  # cnn (width 8) and mlp
+    assert {r["method"] for r in load_records(out / "cnn8")} == {"original", "finetune", "retrain"}
+    assert {r["method"] for r in load_records(out / "mlp")} == {"original", "lora", "retrain"}
+    assert len(list((out / "cache" / "originals").iterdir())) == 2  # one shared cache, not one per variant
+    assert not (out / "cnn8" / "cache").exists()
+    md, html = write_report(out)
+    text = md.read_text()
+    for needle in ("# unlearnkit benchmark: two-models", "## Variant `cnn8`", "## Variant `mlp`",
+                   "### Scenario `class:3`", "| lora |", "report_files/mlp_avg_gap_vs_time.png"):
+        assert needle in text, needle
+    assert (out / "report_files" / "cnn8_forget_vs_retain.png").is_file()
+    assert (out / "mlp" / "report.md").is_file()  # each variant also has its own report
+    assert html.read_text().count("data:image/png;base64,") == 6
+    again = run_benchmark(VARIANTS, out)
+    assert not again.trained_anything and again.cached == 6
+
+
+@pytest.mark.parametrize("variants, message", [
+    ({"../up": {}}, "Variant label '../up'"),
+    ({"cache": {}}, "Variant label 'cache'"),
+    ({"a": {"model": "no_such_model"}}, "Variant 'a': Unknown model 'no_such_model'"),
+    ({"a": {"variants": {}}}, "cannot set 'variants'"),
+    ({"a": ["model"]}, "must be a mapping"),
+])
+def test_bad_variants_are_one_line_errors(variants, message):
+    with pytest.raises(UnlearnkitError) as info:
+        load_bench_config({**TINY, "variants": variants})
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -14,6 +14,16 @@ Example (the shipped ``smoke`` config, ``src/unlearnkit/bench/configs/smoke.yaml
       retrain: {}
     seeds: [0]
 
+``variants`` (optional) runs several benchmarks from one file, e.g. two models on the
+same data: a mapping of label to field overrides (fields absent from a variant are the
+file's). Each variant is a whole benchmark written to ``OUT/<label>/`` (originals and
+oracles cached in the shared ``OUT/cache``) and one report covers all of them::
+
+    model: resnet20
+    variants:
+      resnet20: {}
+      vit_tiny: {model: vit_tiny, recipe: {optimizer: adamw, lr: 0.001}, scenarios: ["class:3"]}
+
 ``methods`` is a mapping of method name to config overrides (or a list of names,
 with ``{name: overrides}`` items allowed). Retrain's config defaults to the
 original's recipe; the retrain oracle (the reference of every gap metric) uses
@@ -35,6 +45,8 @@ from ..errors import InvalidConfigError, UnlearnkitError, unknown_name_error
 from ..utils import stable_hash
 
 SCENARIO_RE = re.compile(r"^(class:\d+(,\d+)*|random:\d*\.\d+)$")
+VARIANT_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+RESERVED_LABELS = ("cache", "results", "report_files")
 
 
 def valid_scenario(spec) -> bool:
@@ -61,11 +73,14 @@ class BenchConfig(Config):
     test_subset: int | None = field(None, "Evaluate on a seeded class-balanced subset of this many test images.")
     device: str = field("auto", "cpu, cuda, cuda:N or auto.")
     eval_batch_size: int = field(512, "Batch size of the evaluation passes.")
+    variants: dict = field({}, "Label -> field overrides (e.g. another model, recipe and methods); when set, each "
+                               "variant runs into OUT/<label>/ with a shared cache and one report covers them all.")
 
     constraints = {
         "name": [str], "dataset": [str], "dataset_args": [dict], "data_root": [str, None], "model": [str],
         "model_kwargs": [dict], "recipe": [dict], "scenarios": [list], "methods": [dict], "seeds": [list],
         "device": [str], "eval_batch_size": [Interval(int, 1, None)], "test_subset": [Interval(int, 1, None), None],
+        "variants": [dict],
     }
 
     def __post_init__(self) -> None:
@@ -104,6 +119,27 @@ class BenchConfig(Config):
             raise InvalidConfigError("The 'methods' of a benchmark are empty; e.g. {finetune: {}, retrain: {}}.")
         for method, overrides in self.methods.items():
             self.method_config(method, overrides_only=True)
+        self.variant_configs()  # each variant is validated as a whole config
+
+    def variant_configs(self) -> dict[str, "BenchConfig"]:
+        """Label -> the config of that variant (shared fields, then its overrides); empty without variants."""
+        out: dict[str, BenchConfig] = {}
+        base = {k: v for k, v in self.to_dict().items() if k != "variants"}
+        for label, overrides in self.variants.items():
+            if not isinstance(label, str) or not VARIANT_LABEL_RE.match(label) or label in RESERVED_LABELS:
+                raise InvalidConfigError(f"Variant label {label!r} must be letters, digits, '_', '-' or '.', start "
+                                         f"with a letter or digit and not be {', '.join(RESERVED_LABELS)} "
+                                         "(it names the variant's output folder).")
+            if not isinstance(overrides, dict):
+                raise InvalidConfigError(f"The overrides of variant {label!r} must be a mapping of config fields; "
+                                         f"got {overrides!r}.")
+            if "variants" in overrides or "name" in overrides:
+                raise InvalidConfigError(f"Variant {label!r} cannot set 'variants' or 'name'.")
+            try:
+                out[label] = BenchConfig.from_dict({**base, **overrides, "name": f"{self.name}/{label}"})
+            except UnlearnkitError as e:
+                raise InvalidConfigError(f"Variant {label!r}: {e}") from None
+        return out
 
     # ---------------------------------------------------------------------------------
     def method_config(self, method: str, meta: dict[str, Any] | None = None, *, overrides_only: bool = False):

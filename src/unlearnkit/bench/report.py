@@ -262,9 +262,16 @@ NOTE = ("UA = 100 − forget accuracy, RA = retain accuracy, TA = test accuracy 
         "(Avg.Gap) among the unlearning methods. Mean ± std over seeds.")
 
 
-def write_report(out: str | Path) -> tuple[Path, Path]:
-    """Write ``report.md`` (+ ``report_files/*.png``) and a self-contained ``report.html`` into ``out``."""
-    out = Path(out)
+HTML_HEAD = ("<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
+             "body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}"
+             "table{{border-collapse:collapse;margin:1em 0;font-size:14px}}"
+             "th,td{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}"
+             "td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}"
+             ".note{{color:#555;font-size:13px}}.err{{color:#a00}}</style></head><body>")
+
+
+def _sections(out: Path, level: int, prefix: str = "") -> tuple[list[str], list[str], dict[str, bytes]]:
+    """Markdown lines, HTML parts and plots (file stem -> PNG) of one benchmark folder's results."""
     records = load_records(out)
     if not records:
         raise UnlearnkitError(f"{str(out)!r} holds no result records yet; run `unlearnkit bench` first.")
@@ -280,65 +287,76 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     summary = summarise(records)
     summary = {k: summary[k] for k in sorted(summary, key=lambda s: (s not in scen_order,
                                                                        scen_order.index(s) if s in scen_order else 0, s))}
-    plots = make_plots(summary, config_order)
+    plots = {f"{prefix}{name}": png for name, png in make_plots(summary, config_order).items()}
+    hx, h = "#" * level, html.escape
+    md: list[str] = []
+    parts: list[str] = []
+    for scen, s in summary.items():
+        header, rows = table_rows(s, config_order)
+        md += [f"{hx} Scenario `{scen}`", "", "| " + " | ".join(header) + " |",
+               "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        md += ["| " + " | ".join(f"**{t}**" if b and t else t for t, b in row) + " |" for row in rows]
+        md.append("")
+        parts.append(f"<h{level}>Scenario <code>{h(scen)}</code></h{level}><table><tr>"
+                     + "".join(f"<th>{h(c)}</th>" for c in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{'<b>' + h(t) + '</b>' if b and t else h(t)}</td>" for t, b in row)
+                  + "</tr>" for row in rows]
+        parts.append("</table>")
+        if s["errors"]:
+            md += ["Failed runs:", ""] + [f"- `{m}` seed {seed}: {t}: {msg}" for m, seed, t, msg in s["errors"]] + [""]
+            parts.append("<p>Failed runs:</p><ul class='err'>" + "".join(
+                f"<li><code>{h(m)}</code> seed {seed}: {h(t)}: {h(msg)}</li>" for m, seed, t, msg in s["errors"])
+                + "</ul>")
+        name = f"{prefix}per_class_{scenario_slug(scen)}"
+        if name in plots:
+            md += [f"![per-class accuracy, {scen}](report_files/{name}.png)", ""]
+            parts.append(_img(plots[name], f"per-class accuracy, {scen}"))
+    md += [f"{hx} Plots", "", f"![Avg.Gap vs time](report_files/{prefix}avg_gap_vs_time.png)", "",
+           f"![forget vs retain accuracy](report_files/{prefix}forget_vs_retain.png)", "", f"{hx} Environment", ""]
+    md += [f"- **{k}**: {v}" for k, v in _env_lines(bench)] + [""]
+    parts.append(f"<h{level}>Plots</h{level}>")
+    parts.append(_img(plots[f"{prefix}avg_gap_vs_time"], "Avg.Gap vs time"))
+    parts.append(_img(plots[f"{prefix}forget_vs_retain"], "forget vs retain accuracy"))
+    parts.append(f"<h{level}>Environment</h{level}><table>" + "".join(
+        f"<tr><th>{h(k)}</th><td style='text-align:left'>{h(v)}</td></tr>" for k, v in _env_lines(bench)) + "</table>")
+    return md, parts, plots
+
+
+def write_report(out: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` (+ ``report_files/*.png``) and a self-contained ``report.html`` into ``out``.
+
+    For a benchmark with variants, each ``out/<label>/`` gets its own report and ``out`` one that
+    holds every variant's tables and plots.
+    """
+    out = Path(out)
+    bench = _read_bench(out)
+    variants = [v for v in bench.get("variants") or [] if (out / v / "results").is_dir()]
     title = f"unlearnkit benchmark: {(bench.get('config') or {}).get('name', out.name)}"
+    md = [f"# {title}", "", NOTE, ""]
+    parts = [HTML_HEAD.format(title=html.escape(title)),
+             f"<h1>{html.escape(title)}</h1><p class='note'>{html.escape(NOTE)}</p>"]
+    plots: dict[str, bytes] = {}
+    if bench.get("variants"):
+        if not variants:
+            raise UnlearnkitError(f"{str(out)!r} holds no result records yet; run `unlearnkit bench` first.")
+        for label in variants:
+            write_report(out / label)
+            v_md, v_parts, v_plots = _sections(out / label, 3, prefix=f"{label}_")
+            md += [f"## Variant `{label}`", ""] + v_md
+            parts += [f"<h2>Variant <code>{html.escape(label)}</code></h2>"] + v_parts
+            plots.update(v_plots)
+    else:
+        v_md, v_parts, v_plots = _sections(out, 2)
+        md += v_md
+        parts += v_parts
+        plots.update(v_plots)
+    parts.append("</body></html>")
 
     files = out / "report_files"
     for name, png in plots.items():
         atomic_write_bytes(files / f"{name}.png", png)
-
-    md = [f"# {title}", "", NOTE, ""]
-    for scen, s in summary.items():
-        header, rows = table_rows(s, config_order)
-        md += [f"## Scenario `{scen}`", "", "| " + " | ".join(header) + " |",
-               "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-        for row in rows:
-            md.append("| " + " | ".join(f"**{t}**" if b and t else t for t, b in row) + " |")
-        md.append("")
-        if s["errors"]:
-            md += ["Failed runs:", ""]
-            md += [f"- `{m}` seed {seed}: {t}: {msg}" for m, seed, t, msg in s["errors"]]
-            md.append("")
-        name = f"per_class_{scenario_slug(scen)}"
-        if name in plots:
-            md += [f"![per-class accuracy, {scen}](report_files/{name}.png)", ""]
-    md += ["## Plots", "", "![Avg.Gap vs time](report_files/avg_gap_vs_time.png)", "",
-           "![forget vs retain accuracy](report_files/forget_vs_retain.png)", "", "## Environment", ""]
-    md += [f"- **{k}**: {v}" for k, v in _env_lines(bench)]
-    md.append("")
-    md_path = out / "report.md"
+    md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, "\n".join(md))
-
-    h = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{h(title)}</title><style>"
-             "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
-             "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-             ".note{color:#555;font-size:13px}.err{color:#a00}</style></head><body>",
-             f"<h1>{h(title)}</h1><p class='note'>{h(NOTE)}</p>"]
-    for scen, s in summary.items():
-        header, rows = table_rows(s, config_order)
-        parts.append(f"<h2>Scenario <code>{h(scen)}</code></h2><table><tr>"
-                     + "".join(f"<th>{h(c)}</th>" for c in header) + "</tr>")
-        for row in rows:
-            parts.append("<tr>" + "".join(f"<td>{'<b>' + h(t) + '</b>' if b and t else h(t)}</td>" for t, b in row)
-                         + "</tr>")
-        parts.append("</table>")
-        if s["errors"]:
-            parts.append("<p>Failed runs:</p><ul class='err'>" + "".join(
-                f"<li><code>{h(m)}</code> seed {seed}: {h(t)}: {h(msg)}</li>" for m, seed, t, msg in s["errors"])
-                + "</ul>")
-        name = f"per_class_{scenario_slug(scen)}"
-        if name in plots:
-            parts.append(_img(plots[name], f"per-class accuracy, {scen}"))
-    parts.append("<h2>Plots</h2>")
-    parts.append(_img(plots["avg_gap_vs_time"], "Avg.Gap vs time"))
-    parts.append(_img(plots["forget_vs_retain"], "forget vs retain accuracy"))
-    parts.append("<h2>Environment</h2><table>" + "".join(
-        f"<tr><th>{h(k)}</th><td style='text-align:left'>{h(v)}</td></tr>" for k, v in _env_lines(bench)) + "</table>")
-    parts.append("</body></html>")
-    html_path = out / "report.html"
     atomic_write_text(html_path, "\n".join(parts))
     _readable(md_path, html_path, *(files / f"{name}.png" for name in plots))
     return md_path, html_path

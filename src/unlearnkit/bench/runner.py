@@ -356,10 +356,29 @@ def _is_checkpoint(path: Path) -> bool:
 def run_benchmark(config: BenchConfig | str | Path | dict, out: str | Path, *, overwrite: bool = False,
                   device: str | None = None, cache_dir: str | Path | None = None,
                   on_result: Callable[[dict], None] | None = None) -> RunSummary:
-    """Run (or resume) a benchmark into ``out``; returns what was trained, computed and reused."""
+    """Run (or resume) a benchmark into ``out``; returns what was trained, computed and reused.
+
+    A config with ``variants`` runs each variant into ``out/<label>/`` with one cache, ``out/cache``.
+    """
     config = load_bench_config(config)
-    return BenchRunner(config, out, overwrite=overwrite, device=device, cache_dir=cache_dir,
-                       on_result=on_result).run()
+    variants = config.variant_configs()
+    if not variants:
+        return BenchRunner(config, out, overwrite=overwrite, device=device, cache_dir=cache_dir,
+                           on_result=on_result).run()
+    out = Path(out)
+    cache = Path(cache_dir) if cache_dir is not None else out / "cache"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "bench.json", {
+        "config": config.to_dict(), "config_hash": config.config_hash(), "environment": environment_info(),
+        "variants": list(variants), "version": package_version()})
+    total = RunSummary(out)
+    for label, sub in variants.items():
+        part = BenchRunner(sub, out / label, overwrite=overwrite, device=device, cache_dir=cache,
+                           on_result=on_result).run()
+        for name in ("originals_trained", "oracles_trained", "computed", "cached", "seconds"):
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+        total.errors += [f"[{label}] {e}" for e in part.errors]
+    return total
 
 
 def load_records(out: str | Path) -> list[dict]:
