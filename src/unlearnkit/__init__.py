@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .api import unlearn
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
+from .compact import CompactResult, compact
 from .data import load_dataset, make_unlearning_data, select_forget
 from .errors import DivergenceError, InvalidConfigError, UnlearnkitError
 from .metrics import Evaluation, evaluate
@@ -17,5 +18,5 @@ __all__ = [
     "DivergenceError", "Evaluation", "InvalidConfigError", "Recipe", "UnlearnkitError", "accuracy", "create_method",
     "create_model", "evaluate", "get_method", "list_methods", "list_models", "load_checkpoint", "load_dataset",
     "load_weights", "make_config", "make_unlearning_data", "register_method", "save_checkpoint",
-    "select_forget", "train", "unlearn", "prune", "PruningResult",
+    "select_forget", "train", "unlearn", "prune", "PruningResult", "compact", "CompactResult",
 ]

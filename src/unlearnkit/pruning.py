@@ -123,13 +123,33 @@ def _select(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Modu
     return {n: modules[n] for n in names}
 
 
+def _norm_masks(model: nn.Module, selected: dict[str, nn.Module], masks: dict[str, torch.Tensor]):
+    """Masks of the BatchNorm affine entries that normalise the pruned output channels of ``selected``."""
+    from .compact import channel_chains
+
+    out: dict[str, torch.Tensor] = {}
+    for chain in channel_chains(model):
+        if chain.producer not in selected:
+            continue
+        weight_mask = masks[_param_name(chain.producer, "weight")]
+        keep_rows = weight_mask.reshape(weight_mask.shape[0], -1).any(dim=1)
+        for norm_name in chain.norms:
+            norm = model.get_submodule(norm_name)
+            if not getattr(norm, "affine", False):
+                continue
+            for attr in ("weight", "bias"):
+                key = _param_name(norm_name, attr)
+                out[key] = keep_rows.clone() if key not in out else out[key] & keep_rows
+    return out
+
+
 def _param_name(layer: str, attr: str) -> str:
     return f"{layer}.{attr}" if layer else attr
 
 
 @torch.no_grad()
 def prune(model: nn.Module, *, kind: str = "l2_structured", ratio: float = 0.5,
-          layers: Iterable[str] | None = None) -> PruningResult:
+          layers: Iterable[str] | None = None, prune_norms: bool = False) -> PruningResult:
     """Zero weights of ``model`` in place and return the masks (True = kept) and the sparsity.
 
     ``kind``: ``"l2_structured"`` (per layer, the ``ratio`` fraction of output
@@ -137,11 +157,17 @@ def prune(model: nn.Module, *, kind: str = "l2_structured", ratio: float = 0.5,
     ``"magnitude_global"`` (the ``ratio`` fraction of all selected weight entries
     with the smallest magnitude). ``ratio`` is in [0, 1). ``layers``: module
     names to prune; None = every Conv2d and Linear except the classifier head.
+    ``prune_norms`` (structured only): also zero (and mask) the weight and bias of
+    the BatchNorm that normalises each pruned channel, so the channel is exactly
+    zero downstream and ``unlearnkit.compact`` can remove it physically.
     """
     if not isinstance(model, nn.Module):
         raise UnlearnkitError(f"prune needs a torch.nn.Module; got {type(model).__name__}.")
     check_value("prune", "kind", kind, [Options(*KINDS)])
     check_value("prune", "ratio", ratio, [Interval(float, 0, 1, closed="left")])
+    check_value("prune", "prune_norms", prune_norms, [bool])
+    if prune_norms and kind != "l2_structured":
+        raise UnlearnkitError("The 'prune_norms' option of prune needs kind='l2_structured' (whole channels).")
     ratio = float(ratio)
     selected = _select(model, layers)
     masks: dict[str, torch.Tensor] = {}
@@ -170,6 +196,8 @@ def prune(model: nn.Module, *, kind: str = "l2_structured", ratio: float = 0.5,
             n = w.numel()
             masks[_param_name(name, "weight")] = keep[offset:offset + n].view_as(w).to(w.device)
             offset += n
+    if prune_norms:
+        masks.update(_norm_masks(model, selected, masks))
     params = dict(model.named_parameters())
     for pname, mask in masks.items():
         params[pname].masked_fill_(~mask, 0)

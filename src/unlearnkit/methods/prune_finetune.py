@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import Interval, Options, field
+from ..errors import InvalidConfigError
 from ..masking import ParamMask
 from ..pruning import KINDS, PruningResult, prune
 from ..training import cross_entropy_step
@@ -37,12 +38,20 @@ class PruneFinetuneConfig(TrainingConfig):
     kind: Literal["l2_structured", "magnitude_global"] = field("l2_structured", "Pruning kind.")
     layers: tuple[str, ...] | None = field(None, "Module names to prune; None = every Conv2d and Linear "
                                                  "except the classifier head.")
+    prune_norms: bool = field(False, "Also zero the BatchNorm weight and bias of pruned channels (l2_structured), "
+                                     "so unlearnkit.compact can remove them physically.")
 
     constraints = {
         "ratio": [Interval(float, 0, 1, closed="left")],
         "kind": [Options(*KINDS)],
         "layers": [None, tuple, list],
+        "prune_norms": [bool],
     }
+
+    def _check_consistency(self) -> None:
+        if self.prune_norms and self.kind != "l2_structured":
+            raise InvalidConfigError("The 'prune_norms' parameter of PruneFinetuneConfig needs kind='l2_structured'; "
+                                     f"got kind={self.kind!r}.")
 
 
 class PrunedMethod(Method):
@@ -53,7 +62,7 @@ class PrunedMethod(Method):
 
     def _pruning_options(self) -> dict:
         c = self.config
-        return {"kind": c.kind, "ratio": c.ratio, "layers": c.layers}
+        return {"kind": c.kind, "ratio": c.ratio, "layers": c.layers, "prune_norms": c.prune_norms}
 
     def _prepare(self, model, retain, forget):
         self.pruning = prune(model, **self._pruning_options())

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import Interval, NameList, Options, field
-from ..errors import UnlearnkitError
+from ..errors import InvalidConfigError, UnlearnkitError
 from ..pruning import prune
 from .base import register_method
 from .lora import LoraConfig, LoraMethod
@@ -39,12 +39,21 @@ class PruneLoraConfig(LoraConfig):
         "l2_structured", "Pruning: per-layer L2 filter pruning or global magnitude pruning.")
     prune_ratio: float = field(0.5, "Fraction pruned (of filters per layer, or of all weights for global).")
     prune_layers: tuple[str, ...] | None = field(None, "Modules to prune; None = every Conv2d/Linear but the head.")
+    prune_norms: bool = field(False, "Also zero the BatchNorm weight and bias of pruned channels (l2_structured), "
+                                     "so unlearnkit.compact can remove them physically.")
 
     constraints = {
         "prune_kind": [Options("l2_structured", "magnitude_global")],
         "prune_ratio": [Interval(float, 0, 1, closed="left")],
         "prune_layers": [NameList("module names"), None],
+        "prune_norms": [bool],
     }
+
+    def _check_consistency(self) -> None:
+        super()._check_consistency()
+        if self.prune_norms and self.prune_kind != "l2_structured":
+            raise InvalidConfigError("The 'prune_norms' parameter of PruneLoraConfig needs prune_kind='l2_structured'; "
+                                     f"got prune_kind={self.prune_kind!r}.")
 
 
 @register_method("prune_lora", config=PruneLoraConfig,
@@ -56,7 +65,8 @@ class PruneLora(LoraMethod):
         c = self.config
         self._check_forget_term(forget)
         try:
-            result = prune(model, kind=c.prune_kind, ratio=c.prune_ratio, layers=c.prune_layers)
+            result = prune(model, kind=c.prune_kind, ratio=c.prune_ratio, layers=c.prune_layers,
+                           prune_norms=c.prune_norms)
         except UnlearnkitError as exc:
             raise UnlearnkitError(f"prune_lora (prune_layers / prune_ratio): {exc}") from None
         self.masks = result.masks
