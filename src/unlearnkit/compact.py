@@ -106,7 +106,7 @@ def trace(model: nn.Module) -> tuple[fx.Graph, set[str]]:
         graph = _Tracer(opaque).trace(model)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UnlearnkitError(f"compact needs a model whose forward torch.fx can trace; "
+        raise UnlearnkitError(f"compact and prune_norms need a model whose forward torch.fx can trace; "
                               f"{type(model).__name__}: {first}") from None
     return graph, opaque
 

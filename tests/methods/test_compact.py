@@ -100,6 +100,16 @@ class DataDependent(nn.Module):
         return self.fc(x) if x.sum() > 0 else -self.fc(x)
 
 
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.fc1(x)) if x.sum() > 0 else self.head(-self.fc1(x))
+
+
 class Wrapper(nn.Module):
     """A traceable top level around a block torch.fx cannot trace (kept opaque)."""
 
@@ -135,9 +145,11 @@ def test_untraceable_block_is_opaque_and_untraceable_model_is_an_error():
     result = uk.compact(model)
     assert result.removed == {"fc1": 3}  # fc2 feeds the opaque block: kept
     assert torch.allclose(result.model(x), model(x), atol=1e-6)
-    with pytest.raises(UnlearnkitError, match="compact needs a model whose forward torch.fx can trace") as info:
+    with pytest.raises(UnlearnkitError, match="compact and prune_norms need a model whose forward torch.fx can") as info:
         uk.compact(DataDependent())
     assert "\n" not in str(info.value)
+    with pytest.raises(UnlearnkitError, match="torch.fx"):
+        uk.prune(Untraceable(), prune_norms=True)
 
 
 def test_prune_norms_needs_structured_pruning():
