@@ -73,6 +73,17 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
         raise UnlearnkitError(f"{meta_path} is not valid JSON: {e}") from None
 
 
+def _weight_shapes(directory: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(directory) / WEIGHTS
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise UnlearnkitError(f"Cannot read weights {str(path)!r}: {e}") from None
+
+
 def load_weights(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     """Load a checkpoint's weights into ``model``; mismatched names or shapes are a clear error."""
     from safetensors import SafetensorError
@@ -120,5 +131,9 @@ def load_checkpoint(directory: str | os.PathLike, *, num_classes: int | None = N
     # the checkpoint holds every weight: never download or read the pretrained ones again
     args = {k: v for k, v in meta.get("model_args", {}).items() if k not in ("pretrained", "weights")}
     model = create_model(meta["model"], **args)
+    if meta.get("compacted"):  # pruned channels were removed: give the layers the file's sizes first
+        from .compact import resize_to
+
+        resize_to(model, _weight_shapes(directory))
     load_weights(model, directory)
     return model.to(device).eval(), meta

@@ -152,6 +152,31 @@ def forget(
     console.print(f"unlearned model -> {out}")
 
 
+@app.command("compact")
+def compact_(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint of a structurally pruned model."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the compact checkpoint."),
+    quiet: bool = QuietOpt,
+):
+    """Remove pruned channels physically (same outputs, fewer parameters); see docs/methods/pruning.md."""
+    from .checkpoint import load_checkpoint
+    from .compact import compact
+    from .workflow import save_model
+
+    _setup(quiet)
+    net, meta = load_checkpoint(checkpoint)
+    result = compact(net)
+    if not result.removed:
+        raise UnlearnkitError(f"{str(checkpoint)!r} has no removable pruned channel; prune with "
+                              "`--method prune_finetune --set prune_norms=true` (or prune_lora) first.")
+    removed = {**(meta.get("compacted") or {})}
+    for layer, n in result.removed.items():
+        removed[layer] = removed.get(layer, 0) + n
+    save_model(out, result.model, meta, {"compacted": removed, "compacted_from": str(checkpoint)})
+    console.print(f"compact: {sum(result.removed.values())} channels removed in {len(result.removed)} layers, "
+                  f"parameters {result.params_before:,} -> {result.params_after:,} -> {out}")
+
+
 @app.command("eval")
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint directory of the model to evaluate."),

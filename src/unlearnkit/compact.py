@@ -255,6 +255,29 @@ def _shrink_norm(module: nn.Module, keep: torch.Tensor) -> nn.Module:
     return new
 
 
+def resize_to(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+    """Give the Conv2d, Linear and BatchNorm layers of ``model`` the sizes of a compacted state dict, in place.
+
+    Used to load a compacted checkpoint into a freshly built model of the registered size;
+    layers whose weight shape already matches are left as they are (values are loaded after).
+    """
+    for name, module in list(model.named_modules()):
+        weight = getattr(module, "weight", None)
+        shape = shapes.get(f"{name}.weight" if name else "weight")
+        if not isinstance(weight, torch.Tensor) or shape is None or tuple(weight.shape) == tuple(shape):
+            continue
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            new = _like(module, num_features=shape[0])
+        elif isinstance(module, nn.Linear):
+            new = _like(module, out_features=shape[0], in_features=shape[1])
+        elif isinstance(module, nn.Conv2d) and module.groups == 1:
+            new = _like(module, out_channels=shape[0], in_channels=shape[1])
+        else:
+            continue  # the caller's shape check reports it
+        _replace(model, name, new)
+    return model
+
+
 def compact(model: nn.Module) -> CompactResult:
     """A copy of ``model`` without its dead channels (see the module docstring); ``model`` is left unchanged.
 

@@ -172,5 +172,5 @@ def forget_data(splits: DatasetSplits, spec: str, seed: int):
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, meta: dict[str, Any], extra: dict[str, Any]):
-    keep = {k: meta[k] for k in ("model", "model_args", "num_classes", "dataset", "recipe") if k in meta}
+    keep = {k: meta[k] for k in ("model", "model_args", "num_classes", "dataset", "recipe", "compacted") if k in meta}
     return save_checkpoint(directory, model, {**keep, **extra})

@@ -180,3 +180,30 @@ def test_unlearned_pruned_model_compacts_exactly(method, settings, trained_cnn, 
     assert small.removed and small.params_after < small.params_before
     x = torch.stack([class3.test[i][0] for i in range(64)])
     assert torch.allclose(outputs(small.model, x, "eval"), outputs(model, x, "eval"), atol=1e-4)
+
+
+def test_cli_compact_writes_a_checkpoint_that_loads_and_evaluates(tmp_path, capsys):
+    from unlearnkit.checkpoint import load_checkpoint
+    from unlearnkit.cli import main
+
+    original, pruned, small = tmp_path / "original", tmp_path / "pruned", tmp_path / "small"
+    assert main(["train", "--dataset", "digits", "--model", "cnn", "--model-arg", "width=8", "--epochs", "2",
+                 "--out", str(original), "-q"]) == 0
+    assert main(["compact", "--checkpoint", str(original), "--out", str(small), "-q"]) == 2  # nothing pruned yet
+    assert "prune_norms=true" in capsys.readouterr().err
+    assert main(["forget", "--checkpoint", str(original), "--method", "prune_finetune", "--forget", "class:3",
+                 "--set", "prune_norms=true", "--set", "epochs=1", "--out", str(pruned), "-q"]) == 0
+    assert main(["compact", "--checkpoint", str(pruned), "--out", str(small), "-q"]) == 0
+    big, _ = load_checkpoint(pruned)
+    compacted, meta = load_checkpoint(small)
+    assert meta["compacted"] == {"features.0": 4, "features.3": 8}
+    assert sum(p.numel() for p in compacted.parameters()) < sum(p.numel() for p in big.parameters())
+    x = torch.stack([uk.load_dataset("digits").test[i][0] for i in range(32)])
+    with torch.no_grad():
+        assert torch.allclose(compacted(x), big(x), atol=1e-5)
+    assert main(["eval", "--checkpoint", str(small), "--forget", "class:3", "-q"]) == 0
+    # a further request on the compact model keeps it loadable
+    again = tmp_path / "again"
+    assert main(["forget", "--checkpoint", str(small), "--method", "finetune", "--forget", "class:5",
+                 "--set", "epochs=1", "--out", str(again), "-q"]) == 0
+    assert load_checkpoint(again)[1]["compacted"] == meta["compacted"]
