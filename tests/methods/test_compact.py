@@ -123,24 +123,25 @@ class Wrapper(nn.Module):
         return self.inner(self.fc2(torch.relu(self.fc1(x))))
 
 
+@torch.no_grad()
+def zero_outputs(layer: nn.Linear, n: int) -> None:
+    """Prune the first ``n`` output rows of ``layer`` (weights and biases)."""
+    layer.weight[:n] = 0
+    layer.bias[:n] = 0
+
+
 def test_reused_module_is_not_shrunk():
     model = Reused()
-    with torch.no_grad():
-        model.fc1.weight[:2] = 0
-        model.fc1.bias[:2] = 0
-        model.fc2.weight[:3] = 0
-        model.fc2.bias[:3] = 0
+    zero_outputs(model.fc1, 2)
+    zero_outputs(model.fc2, 3)
     result = uk.compact(model)
     assert "fc2" not in result.removed and "fc1" not in result.removed  # fc1 feeds the reused fc2
 
 
 def test_untraceable_block_is_opaque_and_untraceable_model_is_an_error():
     model = Wrapper()
-    with torch.no_grad():
-        model.fc1.weight[:3] = 0
-        model.fc1.bias[:3] = 0
-        model.fc2.weight[:2] = 0
-        model.fc2.bias[:2] = 0
+    zero_outputs(model.fc1, 3)
+    zero_outputs(model.fc2, 2)
     x = torch.randn(5, 4)
     result = uk.compact(model)
     assert result.removed == {"fc1": 3}  # fc2 feeds the opaque block: kept
