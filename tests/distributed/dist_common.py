@@ -67,13 +67,21 @@ def special_state(train) -> dict:
     from unlearnkit.training import Counter
 
     model = build_model(seed=0)
-    seen = {"pgu": 0}
-    hook = model.register_forward_pre_hook(lambda m, args: seen.__setitem__("pgu", seen["pgu"] + len(args[0])))
+    seen = {"pgu": 0, "ssd": 0, "salun": 0}
+
+    def counting(part):
+        return model.register_forward_pre_hook(lambda m, args: seen.__setitem__(part, seen[part] + len(args[0])))
+
+    hook = counting("pgu")
     cache = PGUCache.build(model, [train], batch_size=50)
     hook.remove()
     ssd_counter, salun_counter = Counter(), Counter()
+    hook = counting("ssd")
     fisher = fisher_diagonal(model, train, 64, torch.Generator().manual_seed(3), ssd_counter)
+    hook.remove()
+    hook = counting("salun")
     grads = forget_gradients(model, Subset(train, range(300)), 32, salun_counter)
+    hook.remove()
     return {"pgu_grams": cache.grams, "pgu_traces": cache.traces, "fisher": fisher, "salun_grads": grads,
-            "samples_seen": {"pgu": seen["pgu"], "ssd": ssd_counter.sample_passes,
-                             "salun": salun_counter.sample_passes}}
+            "samples_seen": seen,
+            "samples_counted": {"ssd": ssd_counter.sample_passes, "salun": salun_counter.sample_passes}}

@@ -148,6 +148,8 @@ def test_method_passes_split_the_work(two_ranks, single):
     for part, n in total.items():
         assert sum(s[part] for s in seen) == n, part
         assert all(s[part] < 0.6 * n for s in seen), (part, seen)
+    for res in (single, *two_ranks):  # the reported cost is the whole pass, as one process reports it
+        assert res["special"]["samples_counted"] == {"ssd": total["ssd"], "salun": total["salun"]}
 
 
 def test_bf16_mixed_precision_single_process_smoke(digits):

@@ -51,9 +51,9 @@ def forget_gradients(model: nn.Module, forget: Dataset, batch_size: int,
         for (n, _), g in zip(named, torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)):
             if g is not None:
                 grads[n] += g
-        if counter is not None:
-            counter.sample_passes += len(x)
     model.train(was_training)
+    if counter is not None:  # the whole forget set, split over the ranks or not (as ``fit`` counts the global batch)
+        counter.sample_passes += len(forget)
     for g in grads.values():
         dist.all_reduce_sum(g)
     return grads

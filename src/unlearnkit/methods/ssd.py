@@ -55,9 +55,9 @@ def fisher_diagonal(model: nn.Module, dataset: Dataset, batch_size: int, generat
             if g is not None:
                 importance[n] += g.square()
         batches += 1
-        if counter is not None:
-            counter.sample_passes += len(x)
     model.train(was_training)
+    if counter is not None:  # the whole pass, split over the ranks or not (as ``fit`` counts the global batch)
+        counter.sample_passes += len(dataset)
     if world > 1:
         for imp in importance.values():
             dist.all_reduce_sum(imp)
