@@ -21,6 +21,8 @@ from .utils import environment_info, state_dict_hash, to_jsonable
 
 WEIGHTS = "model.safetensors"
 META = "checkpoint.json"
+# what a checkpoint derived from another (an unlearned or compacted model, a store version) carries over
+MODEL_META_KEYS = ("model", "model_args", "num_classes", "dataset", "recipe", "compacted")
 FORMAT_VERSION = 1
 
 

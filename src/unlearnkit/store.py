@@ -81,7 +81,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset, Subset
 
-from .checkpoint import META, WEIGHTS, read_meta
+from .checkpoint import META, MODEL_META_KEYS, WEIGHTS, read_meta
 from .config import Config, InstanceOf, Interval, Options, field
 from .errors import UnlearnkitError
 from .utils import atomic_write_text, environment_info, state_dict_hash, to_jsonable
@@ -786,7 +786,7 @@ class Store:
         record["config"] = {k: v for k, v in config.to_dict().items() if k != "cache"}
         try:
             result = unlearn(model, data.retain, data.forget, name, config=config, device=device, seed=cfg.seed,
-                             **method_options_for(name, {**meta, **self.info.get("model", {})}))
+                             **method_options_for(name, meta))
         except UnlearnkitError as e:  # a diverged attempt (or one the method refuses) is a failed attempt
             record.update(error=str(e), passed=False)
             return _Attempt(name, None, record, False)
@@ -857,7 +857,7 @@ class Store:
         model_sha = hashlib.sha256(weights).hexdigest()
         forgotten_text = _ids_text(forgotten)
         forgotten_sha = hashlib.sha256(forgotten_text.encode()).hexdigest()
-        keep = {k: meta[k] for k in ("model", "model_args", "num_classes", "dataset", "recipe") if k in meta}
+        keep = {k: meta[k] for k in MODEL_META_KEYS if k in meta}
         record = {"format_version": 1, "model_class": type(model).__name__, "weights_sha": state_dict_hash(state),
                   "environment": environment_info(), **keep,
                   "lineage": {"version": version, "store_original": self.info["original_hash"],

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_checkpoint, read_meta, save_checkpoint
+from .checkpoint import MODEL_META_KEYS, load_checkpoint, read_meta, save_checkpoint
 from .data import DatasetSplits, dataset_labels, load_dataset, make_unlearning_data
 from .errors import UnlearnkitError
 from .methods import make_config, method_spec
@@ -172,5 +172,5 @@ def forget_data(splits: DatasetSplits, spec: str, seed: int):
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, meta: dict[str, Any], extra: dict[str, Any]):
-    keep = {k: meta[k] for k in ("model", "model_args", "num_classes", "dataset", "recipe", "compacted") if k in meta}
+    keep = {k: meta[k] for k in MODEL_META_KEYS if k in meta}
     return save_checkpoint(directory, model, {**keep, **extra})
