@@ -276,8 +276,8 @@ HTML_HEAD = ("<!doctype html><html><head><meta charset='utf-8'><title>{title}</t
              ".note{{color:#555;font-size:13px}}.err{{color:#a00}}</style></head><body>")
 
 
-def _sections(out: Path, level: int, prefix: str = "") -> tuple[list[str], list[str], dict[str, bytes]]:
-    """Markdown lines, HTML parts and plots (file stem -> PNG) of one benchmark folder's results."""
+def _results(out: Path) -> tuple[dict, dict, list[str]]:
+    """(bench.json, per-scenario summary, method order) of one benchmark folder's records."""
     records = load_records(out)
     if not records:
         raise UnlearnkitError(f"{str(out)!r} holds no result records yet; run `unlearnkit bench` first.")
@@ -293,7 +293,12 @@ def _sections(out: Path, level: int, prefix: str = "") -> tuple[list[str], list[
     summary = summarise(records)
     summary = {k: summary[k] for k in sorted(summary, key=lambda s: (s not in scen_order,
                                                                        scen_order.index(s) if s in scen_order else 0, s))}
-    plots = {f"{prefix}{name}": png for name, png in make_plots(summary, config_order).items()}
+    return bench, summary, config_order
+
+
+def _sections(bench: dict, summary: dict, config_order: list[str], plots: dict[str, bytes], level: int,
+              prefix: str = "") -> tuple[list[str], list[str]]:
+    """Markdown lines and HTML parts of one benchmark's tables and plots (files named ``prefix + plot``)."""
     hx, h = "#" * level, html.escape
     md: list[str] = []
     parts: list[str] = []
@@ -313,51 +318,28 @@ def _sections(out: Path, level: int, prefix: str = "") -> tuple[list[str], list[
             parts.append("<p>Failed runs:</p><ul class='err'>" + "".join(
                 f"<li><code>{h(m)}</code> seed {seed}: {h(t)}: {h(msg)}</li>" for m, seed, t, msg in s["errors"])
                 + "</ul>")
-        name = f"{prefix}per_class_{scenario_slug(scen)}"
+        name = f"per_class_{scenario_slug(scen)}"
         if name in plots:
-            md += [f"![per-class accuracy, {scen}](report_files/{name}.png)", ""]
+            md += [f"![per-class accuracy, {scen}](report_files/{prefix}{name}.png)", ""]
             parts.append(_img(plots[name], f"per-class accuracy, {scen}"))
     md += [f"{hx} Plots", "", f"![Avg.Gap vs time](report_files/{prefix}avg_gap_vs_time.png)", "",
            f"![forget vs retain accuracy](report_files/{prefix}forget_vs_retain.png)", "", f"{hx} Environment", ""]
     md += [f"- **{k}**: {v}" for k, v in _env_lines(bench)] + [""]
     parts.append(f"<h{level}>Plots</h{level}>")
-    parts.append(_img(plots[f"{prefix}avg_gap_vs_time"], "Avg.Gap vs time"))
-    parts.append(_img(plots[f"{prefix}forget_vs_retain"], "forget vs retain accuracy"))
+    parts.append(_img(plots["avg_gap_vs_time"], "Avg.Gap vs time"))
+    parts.append(_img(plots["forget_vs_retain"], "forget vs retain accuracy"))
     parts.append(f"<h{level}>Environment</h{level}><table>" + "".join(
         f"<tr><th>{h(k)}</th><td style='text-align:left'>{h(v)}</td></tr>" for k, v in _env_lines(bench)) + "</table>")
-    return md, parts, plots
+    return md, parts
 
 
-def write_report(out: str | Path) -> tuple[Path, Path]:
-    """Write ``report.md`` (+ ``report_files/*.png``) and a self-contained ``report.html`` into ``out``.
-
-    For a benchmark with variants, each ``out/<label>/`` gets its own report and ``out`` one that
-    holds every variant's tables and plots.
-    """
-    out = Path(out)
-    bench = _read_bench(out)
-    variants = [v for v in bench.get("variants") or [] if (out / v / "results").is_dir()]
+def _write(out: Path, bench: dict, md_body: list[str], html_body: list[str],
+           plots: dict[str, bytes]) -> tuple[Path, Path]:
+    """report.md, report_files/*.png and the self-contained report.html of ``out``."""
     title = f"unlearnkit benchmark: {(bench.get('config') or {}).get('name', out.name)}"
-    md = [f"# {title}", "", NOTE, ""]
+    md = [f"# {title}", "", NOTE, ""] + md_body
     parts = [HTML_HEAD.format(title=html.escape(title)),
-             f"<h1>{html.escape(title)}</h1><p class='note'>{html.escape(NOTE)}</p>"]
-    plots: dict[str, bytes] = {}
-    if bench.get("variants"):
-        if not variants:
-            raise UnlearnkitError(f"{str(out)!r} holds no result records yet; run `unlearnkit bench` first.")
-        for label in variants:
-            write_report(out / label)
-            v_md, v_parts, v_plots = _sections(out / label, 3, prefix=f"{label}_")
-            md += [f"## Variant `{label}`", ""] + v_md
-            parts += [f"<h2>Variant <code>{html.escape(label)}</code></h2>"] + v_parts
-            plots.update(v_plots)
-    else:
-        v_md, v_parts, v_plots = _sections(out, 2)
-        md += v_md
-        parts += v_parts
-        plots.update(v_plots)
-    parts.append("</body></html>")
-
+             f"<h1>{html.escape(title)}</h1><p class='note'>{html.escape(NOTE)}</p>"] + html_body + ["</body></html>"]
     files = out / "report_files"
     for name, png in plots.items():
         atomic_write_bytes(files / f"{name}.png", png)
@@ -366,6 +348,35 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     atomic_write_text(html_path, "\n".join(parts))
     _readable(md_path, html_path, *(files / f"{name}.png" for name in plots))
     return md_path, html_path
+
+
+def write_report(out: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` (+ ``report_files/*.png``) and a self-contained ``report.html`` into ``out``.
+
+    For a benchmark with variants, each ``out/<label>/`` gets its own report and ``out`` one that
+    holds every variant's tables and plots (each plot drawn once, written to both).
+    """
+    out = Path(out)
+    bench = _read_bench(out)
+    if not bench.get("variants"):
+        results = _results(out)
+        plots = make_plots(results[1], results[2])
+        return _write(out, bench, *_sections(*results, plots, 2), plots)
+    variants = [v for v in bench["variants"] if (out / v / "results").is_dir()]
+    if not variants:
+        raise UnlearnkitError(f"{str(out)!r} holds no result records yet; run `unlearnkit bench` first.")
+    md: list[str] = []
+    parts: list[str] = []
+    files: dict[str, bytes] = {}
+    for label in variants:
+        results = _results(out / label)
+        plots = make_plots(results[1], results[2])
+        _write(out / label, results[0], *_sections(*results, plots, 2), plots)
+        v_md, v_parts = _sections(*results, plots, 3, prefix=f"{label}_")
+        md += [f"## Variant `{label}`", ""] + v_md
+        parts += [f"<h2>Variant <code>{html.escape(label)}</code></h2>"] + v_parts
+        files.update({f"{label}_{name}": png for name, png in plots.items()})
+    return _write(out, bench, md, parts, files)
 
 
 def _readable(*paths: Path) -> None:
