@@ -353,3 +353,21 @@ def test_cli_store_init_request_show(tmp_path, checkpoint, capsys):
     assert main(["store-show", "--store", str(store), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [r["status"] for r in shown["receipts"]] == ["applied", "noop"]
+
+
+def test_store_of_a_compact_checkpoint_keeps_it_loadable(tmp_path, checkpoint):
+    """A compacted model (smaller layers) goes through store versions and loads again."""
+    from unlearnkit.checkpoint import load_checkpoint, read_meta
+    from unlearnkit.cli import main
+
+    pruned, small = tmp_path / "pruned", tmp_path / "small"
+    assert main(["forget", "--checkpoint", str(checkpoint), "--method", "prune_finetune", "--forget", "class:3",
+                 "--set", "epochs=1", "--out", str(pruned), "-q"]) == 0  # mlp: no BatchNorm, pruned rows are dead
+    assert main(["compact", "--checkpoint", str(pruned), "--out", str(small), "-q"]) == 0
+    compacted = load_checkpoint(small)[1]["compacted"]
+    st = make_store(tmp_path, small, methods=["finetune"], method_configs={"finetune": {"epochs": 1}})
+    receipt = st.request([1, 2, 3])
+    assert receipt.status == "applied"
+    model = Store.open(st.path).load_model("cpu")
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in load_checkpoint(small)[0].parameters())
+    assert read_meta(st.version_dir)["compacted"] == compacted
