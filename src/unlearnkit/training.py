@@ -23,6 +23,7 @@ from .config import Config, Interval, Options, field
 from .data.loading import iterate_batches, num_batches
 from .errors import DivergenceError
 from .masking import ParamMask
+from .performance import host_sync_every
 from .progress import progress_bar
 from .utils import model_device, seed_everything
 
@@ -94,13 +95,19 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
     scheduler = make_schedule(optimizer, schedule, total)
     model.train(train_mode)
     done = 0
+    sync_every = host_sync_every(device)
+    nonfinite = None  # accelerators: a device-side flag checked every `sync_every` steps
     with progress_bar(total, description) as bar:
         for _ in range(epochs):
             for x, y in iterate_batches(dataset, batch_size, shuffle=True, generator=generator,
                                         augment=augment, device=device, drop_last=drop_last):
                 if ctx is None:
                     loss = step_fn(model, x, y)
-                    check_finite(loss, description)
+                    if sync_every == 1:
+                        check_finite(loss, description)
+                    else:
+                        flag = ~torch.isfinite(loss.detach()).all()
+                        nonfinite = flag if nonfinite is None else nonfinite | flag
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                 else:
@@ -118,6 +125,11 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
                 counter.sample_passes += len(x)
                 counter.steps += 1
                 done += 1
+                if done % sync_every and done < total:
+                    bar.advance(1)
+                    continue
+                if nonfinite is not None and bool(nonfinite):
+                    check_finite(torch.tensor(float("nan")), description)  # raises: a loss since the last check
                 bar.advance(1, status=f"loss {loss.item():.3f}")
                 if done >= total:
                     if ctx is not None:
@@ -211,9 +223,11 @@ def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int = 512) ->
     logits, labels = [], []
     with contextlib.nullcontext() if ctx is None else ctx.autocast():
         for x, y in iterate_batches(part, batch_size, device=device):
-            logits.append(model(x).float().cpu())
-            labels.append(y.cpu())
+            logits.append(model(x).float())  # kept on the device: one copy to the host at the end
+            labels.append(y)
     model.train(was_training)
+    if logits:
+        logits, labels = [torch.cat(logits).cpu()], [torch.cat(labels).cpu()]
     if gather:
         return ctx.all_gather_cat(torch.cat(logits)), ctx.all_gather_cat(torch.cat(labels))
     if not logits:

@@ -61,3 +61,15 @@ def test_fresh_copy_refuses_unresettable_parameters():
 
     with pytest.raises(UnlearnkitError, match="Cannot re-initialise parameter 'w'"):
         fresh_copy(Custom(), seed=0)
+
+
+def test_cifar_resnet18_shape_size_and_reinit():
+    from unlearnkit.models.zoo import fresh_copy
+
+    m = uk.create_model("resnet18", num_classes=10)
+    assert sum(p.numel() for p in m.parameters()) == 11_173_962  # the CIFAR ResNet-18 of the unlearning papers
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    small = uk.create_model("resnet18", num_classes=10, in_channels=1, width=8)
+    assert small(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    clone = fresh_copy(small, seed=1)
+    assert not torch.equal(clone.conv1.weight, small.conv1.weight)

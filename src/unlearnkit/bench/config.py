@@ -73,6 +73,10 @@ class BenchConfig(Config):
     test_subset: int | None = field(None, "Evaluate on a seeded class-balanced subset of this many test images.")
     device: str = field("auto", "cpu, cuda, cuda:N or auto.")
     eval_batch_size: int = field(512, "Batch size of the evaluation passes.")
+    data_on_device: bool = field(False, "Keep the dataset's images on the accelerator (GPU runs: no per-batch "
+                                        "host copy of images); ignored on the CPU.")
+    channels_last: bool = field(False, "Feed image batches in channels-last layout (faster convolutions with "
+                                       "bf16 on GPUs).")
     variants: dict = field({}, "Label -> field overrides (e.g. another model, recipe and methods); when set, each "
                                "variant runs into OUT/<label>/ with a shared cache and one report covers them all.")
 
@@ -80,7 +84,7 @@ class BenchConfig(Config):
         "name": [str], "dataset": [str], "dataset_args": [dict], "data_root": [str, None], "model": [str],
         "model_kwargs": [dict], "recipe": [dict], "scenarios": [list], "methods": [dict], "seeds": [list],
         "device": [str], "eval_batch_size": [Interval(int, 1, None)], "test_subset": [Interval(int, 1, None), None],
-        "variants": [dict],
+        "variants": [dict], "data_on_device": [bool], "channels_last": [bool],
     }
 
     def __post_init__(self) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from ..checkpoint import load_checkpoint, read_meta
 from ..errors import UnlearnkitError
+from ..performance import channels_last, move_dataset_to, set_channels_last
 from ..progress import progress_bar
 from ..training import accuracy, predict_logits
 from ..utils import atomic_write_json, environment_info, package_version, resolve_device, stable_hash, state_dict_hash
@@ -146,6 +147,9 @@ class BenchRunner:
             splits = load_dataset(self.config.dataset, root=self.config.data_root, **self.config.dataset_args)
             if self.config.test_subset and self.config.test_subset < len(splits.test):
                 splits = dataclasses.replace(splits, test=_balanced_subset(splits.test, self.config.test_subset))
+            if self.config.data_on_device and self.device.type != "cpu":
+                for part in (splits.train, splits.test):
+                    move_dataset_to(part, self.device)
             self._splits = splits
         return self._splits
 
@@ -222,6 +226,14 @@ class BenchRunner:
 
     # -- the suite ----------------------------------------------------------------------------------
     def run(self) -> RunSummary:
+        layout_before = channels_last()
+        set_channels_last(self.config.channels_last)
+        try:
+            return self._run_suite()
+        finally:
+            set_channels_last(layout_before)
+
+    def _run_suite(self) -> RunSummary:
         c = self.config
         t_start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..performance import to_model_layout
 from .datasets import ArrayDataset
 
 
@@ -54,7 +55,7 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False,
             x = base.normalize(x.to(device, non_blocking=True))
             if augment and x.dim() == 4:
                 x = augment_batch(x, generator)
-            yield x, y.to(device, non_blocking=True)
+            yield to_model_layout(x), y.to(device, non_blocking=True)
         return
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                         drop_last=drop_last, num_workers=num_workers)
@@ -62,7 +63,7 @@ def iterate_batches(dataset: Dataset, batch_size: int, *, shuffle: bool = False,
         x = torch.as_tensor(x).float().to(device)
         if augment and x.dim() == 4:
             x = augment_batch(x, generator)
-        yield x, torch.as_tensor(y).long().to(device)
+        yield to_model_layout(x), torch.as_tensor(y).long().to(device)
 
 
 def num_batches(dataset: Dataset, batch_size: int, drop_last: bool = False) -> int:

@@ -74,6 +74,18 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def _basic_stages(cin: int, widths: tuple[int, ...], blocks_per_stage: int) -> list[nn.Sequential]:
+    """Stages of BasicBlocks; every stage but the first halves the resolution in its first block."""
+    stages = []
+    for i, cout in enumerate(widths):
+        blocks = []
+        for j in range(blocks_per_stage):
+            blocks.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
+            cin = cout
+        stages.append(nn.Sequential(*blocks))
+    return stages
+
+
 class CifarResNet(nn.Module):
     """ResNet for 32x32 inputs (He et al. 2016, section 4.2): 6n+2 layers, widths 16/32/64."""
 
@@ -84,15 +96,8 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        stages, cin = [], width
-        for i, cout in enumerate((width, 2 * width, 4 * width)):
-            blocks = []
-            for j in range(n):
-                blocks.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
-                cin = cout
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.head = nn.Linear(cin, num_classes)
+        self.layer1, self.layer2, self.layer3 = _basic_stages(width, (width, 2 * width, 4 * width), n)
+        self.head = nn.Linear(4 * width, num_classes)
         self.reset_parameters()
 
     def forward(self, x):
@@ -105,6 +110,27 @@ class CifarResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32x32 inputs: 3x3 stem without max-pool, four stages of two BasicBlocks
+    (widths 64-512), global pooling; the CIFAR ResNet-18 of the unlearning papers' code (11.2 M parameters)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1, self.layer2, self.layer3, self.layer4 = _basic_stages(
+            width, (width, 2 * width, 4 * width, 8 * width), 2)
+        self.head = nn.Linear(8 * width, num_classes)
+        self.reset_parameters()
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    reset_parameters = CifarResNet.reset_parameters
 
 
 class Attention(nn.Module):
@@ -200,6 +226,12 @@ def resnet20(num_classes: int, in_channels: int = 3, width: int = 16) -> nn.Modu
 def resnet56(num_classes: int, in_channels: int = 3, width: int = 16) -> nn.Module:
     """CIFAR-style ResNet-56 (0.85 M parameters)."""
     return CifarResNet(in_channels, num_classes, depth=56, width=width)
+
+
+@register_model
+def resnet18(num_classes: int, in_channels: int = 3, width: int = 64) -> nn.Module:
+    """CIFAR-style ResNet-18 (11.2 M parameters; the Unlearn-Sparse / SalUn model)."""
+    return ResNet18(in_channels, num_classes, width=width)
 
 
 @register_model
