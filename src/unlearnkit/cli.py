@@ -522,11 +522,23 @@ _USAGE_ERRORS = {"UsageError", "BadParameter", "MissingParameter", "NoSuchOption
                  "BadArgumentUsage", "ClickException", "FileError"}
 
 
+def _command():
+    """The click command typer builds from ``app``, with flags shown as flags in --help (no ``<bool>``)."""
+    group = typer.main.get_command(app)
+    for command in [group, *getattr(group, "commands", {}).values()]:
+        with command.context_class(command) as ctx:
+            help_option = command.get_help_option(ctx)
+        for param in [*command.params, *([help_option] if help_option is not None else [])]:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+    return group
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see the module docstring)."""
     _interrupt_note[:] = []
     try:
-        code = app(args=argv, standalone_mode=False)  # typer turns Ctrl-C inside a command into Exit(130)
+        code = _command()(args=argv, standalone_mode=False)  # typer turns Ctrl-C in a command into Exit(130)
     except UnlearnkitError as e:
         _print_error(f"Error: {e}")
         return EXIT_USER_ERROR
