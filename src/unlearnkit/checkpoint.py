@@ -52,10 +52,10 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: dict[s
     from . import distributed
 
     directory = Path(directory)
-    _check_replaceable(directory, overwrite)
-    if not distributed.is_main_process():  # several processes: rank 0 writes, the others wait for it
+    if not distributed.is_main_process():  # several processes: rank 0 checks and writes, the others wait for it
         distributed.barrier()
         return directory
+    _check_replaceable(directory, overwrite)
     directory.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_siblings(directory)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
