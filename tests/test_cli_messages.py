@@ -2,7 +2,9 @@
 
 import pytest
 
-from unlearnkit.cli import MAX_MESSAGE_CHARS, main
+from unlearnkit.cli import main
+
+MAX_MESSAGE_CHARS = 600  # unlearnkit.cli.MAX_MESSAGE_CHARS
 
 
 @pytest.mark.parametrize("name", ["odd[/]dir", "a[bold]b", "x[red]y[/red]"])
