@@ -78,3 +78,16 @@ def test_exit_codes(tmp_path, capsys):
     assert main(["train", "--model", "nope", "--out", str(tmp_path / "x")]) == 2  # UnlearnkitError
     assert main(["--threads", "0", "methods"]) == 2
     assert "--threads must be a whole number >= 1; got 0" in capsys.readouterr().err
+
+
+def test_an_interrupt_while_writing_says_the_output_is_old_or_new(tmp_path, capsys, monkeypatch):
+    import unlearnkit.workflow as workflow
+
+    def interrupt_while_saving(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "save_model", interrupt_while_saving)
+    out = tmp_path / "ck"
+    assert main(["train", "--model", "mlp", "--epochs", "1", "--out", str(out), "-q"]) == 130
+    assert capsys.readouterr().err.strip() == (f"interrupted: {out} holds its previous contents or the complete "
+                                               "new output, never a mix.")

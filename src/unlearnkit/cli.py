@@ -45,6 +45,10 @@ def _on_interrupt(describe: Callable[[], str]) -> None:
     _interrupt_note[:] = [describe]
 
 
+def _writing(out: Path) -> str:
+    return f"{out} holds its previous contents or the complete new output, never a mix"
+
+
 def _setup(quiet: bool) -> None:
     if quiet:
         set_progress(False)
@@ -145,6 +149,7 @@ def train(
                                        dataset_args=dataset_args, model_kwargs=parse_model_args(model_arg))
 
     test_acc = accuracy(net, splits.test)
+    _on_interrupt(lambda: _writing(out))
     save_model(target, net, meta, {"seed": seed, "test_accuracy": test_acc}, overwrite=overwrite)
     _on_interrupt(lambda: f"the checkpoint was written to {out}")
     console.print(f"trained {model} on {dataset}: test accuracy {test_acc:.2f}% -> {out}", markup=False)
@@ -184,6 +189,7 @@ def forget(
     record = {"result": result.to_dict(), "forget": data.request.to_dict(), "evaluation": evaluation.to_dict(),
               "original": str(checkpoint)}
     result_json = json.dumps(to_jsonable(record), indent=2, sort_keys=True) + "\n"
+    _on_interrupt(lambda: _writing(out))
     save_model(target, result.model, meta, {"unlearned": {"method": method, "forget": data.request.to_dict(),
                                                           "config": config.to_dict(), "seed": seed},
                                             "forgotten": forgotten_after(meta, data)},
@@ -217,6 +223,7 @@ def compact_(
     removed = {**(meta.get("compacted") or {})}
     for layer, n in result.removed.items():
         removed[layer] = removed.get(layer, 0) + n
+    _on_interrupt(lambda: _writing(out))
     save_model(target, result.model, meta, {"compacted": removed, "compacted_from": str(checkpoint)},
                overwrite=overwrite)
     _on_interrupt(lambda: f"the compact checkpoint was written to {out}")
