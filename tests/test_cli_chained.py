@@ -18,8 +18,9 @@ from unlearnkit.workflow import forget_data
 def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     assert main(["train", "--model", "mlp", "--epochs", "4", "--lr", "0.05", "--out", str(root / "orig"), "-q"]) == 0
-    assert main(["forget", "-c", str(root / "orig"), "-m", "retrain", "-f", "class:3", "-s", "epochs=2", "-o", str(root / "a"), "-q"]) == 0
-    assert main(["forget", "-c", str(root / "a"), "-m", "retrain", "-f", "class:5", "-s", "epochs=2", "-o", str(root / "b"), "-q"]) == 0
+    retrain = ["forget", "-m", "retrain", "-s", "epochs=2", "-q"]
+    assert main([*retrain, "-c", str(root / "orig"), "-f", "class:3", "-o", str(root / "a")]) == 0
+    assert main([*retrain, "-c", str(root / "a"), "-f", "class:5", "-o", str(root / "b")]) == 0
     return root
 
 

@@ -54,6 +54,7 @@ def test_the_readme_test_command_prints_pytests_summary_line():
     if sys.version_info >= (3, 11):
         import tomllib
 
-        addopts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"].get("addopts", "")
+        ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+        addopts = ini.get("addopts", "")
         quiet += len(re.findall(r"(?<!\S)-q\b", addopts))
     assert quiet <= 1

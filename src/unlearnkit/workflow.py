@@ -290,7 +290,8 @@ def _check_location(out: str | Path, inputs: tuple) -> Path:
 def _check_not_inside_inputs(target: Path, out: str | Path, inputs: tuple) -> None:
     for given in inputs:
         if Path(given).expanduser().resolve() in target.parents:
-            raise UnlearnkitError(f"--out {str(out)!r} is inside the input {str(given)!r}; choose a directory outside it.")
+            raise UnlearnkitError(f"--out {str(out)!r} is inside the input {str(given)!r}; "
+                                  "choose a directory outside it.")
 
 
 def _check_writable(target: Path, out: str | Path) -> None:
