@@ -50,7 +50,7 @@ def test_methods_lists_registered_methods(capsys):
     (["--forget", "random:0"], "random:F needs a fraction"),
     (["--forget", "ids:{tmp}/empty.txt"], "is empty"),
     (["--forget", "ids:{tmp}/all.npy"], "is the whole training set"),
-    (["--forget", "ids:{tmp}/bad.txt"], "must be integers"),
+    (["--forget", "ids:{tmp}/bad.txt"], "must be plain decimal integers"),
     (["--forget", "ids:{tmp}/range.txt"], "out of range"),
     (["--set", "epochs=0"], "The 'epochs' parameter of FinetuneConfig must be an int in the range [1, inf)"),
     (["--set", "lrr=1"], "Unknown parameter 'lrr' for method 'finetune'"),

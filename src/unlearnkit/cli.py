@@ -1,6 +1,7 @@
 """The ``unlearnkit`` command line (typer).
 
-Every user error is an ``UnlearnkitError``: printed as one line, exit code 2.
+Exit codes: 0 success, 2 bad input (an ``UnlearnkitError`` or a usage error, printed as one
+line), 3 a deletion request refused by a gate, 130 interrupted (one line says what was written).
 """
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -26,27 +28,61 @@ err_console = Console(stderr=True)
 DatasetOpt = typer.Option("digits", "--dataset", "-d", help="digits (bundled), mnist or cifar10.")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto.")
 SeedOpt = typer.Option(0, "--seed", help="One seed fixes every random choice.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or progress lines.")
 DataRootOpt = typer.Option(None, "--data-root", help="Folder (or file) with the dataset; default $UNLEARNKIT_DATA.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a previous output of this command at --out "
+                            "(never anything else).")
+
+EXIT_OK, EXIT_USER_ERROR, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 2, 3, 130
+MAX_MESSAGE_CHARS = 600
+
+# what the running command has written so far, for the line an interruption prints
+_interrupt_note: list[Callable[[], str]] = []
 
 
-def _setup(quiet: bool, threads: int | None = None) -> None:
-    set_progress(not quiet)
+def _on_interrupt(describe: Callable[[], str]) -> None:
+    """Say what an interruption from now on leaves behind (replaces the previous note)."""
+    _interrupt_note[:] = [describe]
+
+
+def _writing(out: Path) -> str:
+    return f"{out} holds its previous contents or the complete new output, never a mix"
+
+
+def _setup(quiet: bool) -> None:
+    if quiet:
+        set_progress(False)
+
+
+def _print_error(text: str) -> None:
+    """One line on stderr, printed literally (no rich markup), at most MAX_MESSAGE_CHARS long."""
+    line = " ".join(str(text).split())
+    if len(line) > MAX_MESSAGE_CHARS:
+        line = line[:MAX_MESSAGE_CHARS - 3] + "..."
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _table(title: str, columns: list[str], rows: list[list]) -> Table:
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for c in columns:
         table.add_column(c, justify="left" if c in ("method", "name", "description", "split") else "right")
     for r in rows:
-        table.add_row(*[f"{v:.2f}" if isinstance(v, float) else str(v) for v in r])
+        table.add_row(*[f"{v:.2f}" if isinstance(v, float) else escape(str(v)) for v in r])
     return table
 
 
 @app.callback(invoke_without_command=True)
 def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit."),
           mixed_precision: Optional[str] = typer.Option(
-              None, "--mixed-precision", help="no, bf16 or fp16 (fp16 needs a GPU); applies to every loop.")):
+              None, "--mixed-precision", help="no, bf16 or fp16 (fp16 needs a GPU); applies to every loop."),
+          threads: Optional[int] = typer.Option(
+              None, "--threads", help="CPU threads torch uses (default: all cores; OMP_NUM_THREADS also sets it).")):
+    if threads is not None:
+        if threads < 1:
+            raise UnlearnkitError(f"--threads must be a whole number >= 1; got {threads}.")
+        import torch
+
+        torch.set_num_threads(threads)
     if mixed_precision is not None:
         import os
 
@@ -96,14 +132,15 @@ def train(
     subset: Optional[int] = typer.Option(None, help="cifar10 only: a class-balanced subset of N training images."),
     model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable), e.g. "
                                         "width=32, pretrained=true, resize=224, weights=FILE."),
-    data_root: Optional[str] = DataRootOpt,
+    data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
     """Train an original model and save it as a checkpoint."""
     from .training import Recipe, accuracy
-    from .workflow import parse_model_args, save_model, train_original
+    from .workflow import check_output_dir, parse_model_args, save_model, train_original
 
     _setup(quiet)
+    target = check_output_dir(out, "train", overwrite=overwrite)
     values = dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay,
                   schedule=schedule, augment=augment)
     recipe = Recipe.preset(recipe_name, **{k: v for k, v in values.items() if v is not None})
@@ -112,8 +149,10 @@ def train(
                                        dataset_args=dataset_args, model_kwargs=parse_model_args(model_arg))
 
     test_acc = accuracy(net, splits.test)
-    save_model(out, net, meta, {"seed": seed, "test_accuracy": test_acc})
-    console.print(f"trained {model} on {dataset}: test accuracy {test_acc:.2f}% -> {out}")
+    _on_interrupt(lambda: _writing(out))
+    save_model(target, net, meta, {"seed": seed, "test_accuracy": test_acc}, overwrite=overwrite)
+    _on_interrupt(lambda: f"the checkpoint was written to {out}")
+    console.print(f"trained {model} on {dataset}: test accuracy {test_acc:.2f}% -> {out}", markup=False)
 
 
 @app.command()
@@ -123,47 +162,59 @@ def forget(
     forget_spec: str = typer.Option(..., "--forget", "-f", help="class:K[,K], random:F or ids:FILE."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the unlearned checkpoint and result.json."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Method parameter KEY=VALUE (repeatable)."),
-    data_root: Optional[str] = DataRootOpt,
+    data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
-    """Unlearn a forget set from a checkpoint with one method."""
+    """Unlearn a forget set from a checkpoint with one method.
+
+    On a checkpoint that is itself an unlearned model, the retain set also leaves out every
+    id forgotten before (the checkpoint's `forgotten` record), so nothing comes back.
+    """
     from .api import unlearn
+    from .checkpoint import RESULT
     from .metrics import evaluate
-    from .utils import atomic_write_json
-    from .workflow import forget_data, load_original, method_config_for, method_options_for, parse_overrides, save_model
+    from .utils import to_jsonable
+    from .workflow import (check_output_dir, forget_data, forgotten_after, load_original, method_config_for,
+                           method_options_for, parse_overrides, save_model)
 
     _setup(quiet)
+    target = check_output_dir(out, "forget", inputs=(checkpoint,), overwrite=overwrite)
     config = method_config_for(method, {}, parse_overrides(method, set_))  # validate before loading anything
     net, meta, splits = load_original(checkpoint, data_root=data_root, device=device)
     config = method_config_for(method, meta, parse_overrides(method, set_))
-    data = forget_data(splits, forget_spec, seed)
+    data = forget_data(splits, forget_spec, seed, meta)
     result = unlearn(net, data.retain, data.forget, method, config=config, device=device, seed=seed,
                      **method_options_for(method, meta))
     evaluation = evaluate(result.model, data, result=result, seed=seed)
     record = {"result": result.to_dict(), "forget": data.request.to_dict(), "evaluation": evaluation.to_dict(),
               "original": str(checkpoint)}
-    save_model(out, result.model, meta, {"unlearned": {"method": method, "forget": data.request.to_dict(),
-                                                       "config": config.to_dict(), "seed": seed}})
-    atomic_write_json(Path(out) / "result.json", record)
+    result_json = json.dumps(to_jsonable(record), indent=2, sort_keys=True) + "\n"
+    _on_interrupt(lambda: _writing(out))
+    save_model(target, result.model, meta, {"unlearned": {"method": method, "forget": data.request.to_dict(),
+                                                          "config": config.to_dict(), "seed": seed},
+                                            "forgotten": forgotten_after(meta, data)},
+               overwrite=overwrite, extra_files={RESULT: result_json})
+    _on_interrupt(lambda: f"the unlearned checkpoint was written to {out}")
     summary = evaluation.summary()
     columns = ["UA", "RA", "TA", "MIA-Efficacy"]
     rows = [[method, *[summary[k] for k in columns], result.seconds]]
     console.print(_table(f"forget {forget_spec}", ["method", *columns, "seconds"], rows))
-    console.print(f"unlearned model -> {out}")
+    console.print(f"unlearned model -> {out}", markup=False)
 
 
 @app.command("compact")
 def compact_(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint of a structurally pruned model."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the compact checkpoint."),
-    quiet: bool = QuietOpt,
+    overwrite: bool = OverwriteOpt, quiet: bool = QuietOpt,
 ):
     """Remove pruned channels physically (same outputs, fewer parameters); see docs/methods/pruning.md."""
     from .checkpoint import load_checkpoint
     from .compact import compact
-    from .workflow import save_model
+    from .workflow import check_output_dir, save_model
 
     _setup(quiet)
+    target = check_output_dir(out, "compact", inputs=(checkpoint,), overwrite=overwrite)
     net, meta = load_checkpoint(checkpoint)
     result = compact(net)
     if not result.removed:
@@ -172,9 +223,12 @@ def compact_(
     removed = {**(meta.get("compacted") or {})}
     for layer, n in result.removed.items():
         removed[layer] = removed.get(layer, 0) + n
-    save_model(out, result.model, meta, {"compacted": removed, "compacted_from": str(checkpoint)})
+    _on_interrupt(lambda: _writing(out))
+    save_model(target, result.model, meta, {"compacted": removed, "compacted_from": str(checkpoint)},
+               overwrite=overwrite)
+    _on_interrupt(lambda: f"the compact checkpoint was written to {out}")
     console.print(f"compact: {sum(result.removed.values())} channels removed in {len(result.removed)} layers, "
-                  f"parameters {result.params_before:,} -> {result.params_after:,} -> {out}")
+                  f"parameters {result.params_before:,} -> {result.params_after:,} -> {out}", markup=False)
 
 
 @app.command("eval")
@@ -184,27 +238,40 @@ def eval_(
     reference: Optional[Path] = typer.Option(None, "--reference", "-r",
                                              help="Checkpoint of the reference (normally the retrain oracle)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the evaluation as JSON to this file."),
-    data_root: Optional[str] = DataRootOpt,
+    data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
     """Evaluate a checkpoint on a forget request (UA, RA, TA, MIA, gaps to a reference); see docs/metrics.md."""
     from .metrics import evaluate
     from .utils import atomic_write_json
-    from .workflow import forget_data, load_original
+    from .workflow import check_output_file, forget_data, load_original
 
     _setup(quiet)
-    net, _, splits = load_original(checkpoint, data_root=data_root, device=device)
-    data = forget_data(splits, forget_spec, seed)
+    inputs = (checkpoint,) + ((reference,) if reference is not None else ())
+    target = (check_output_file(out, inputs=inputs, overwrite=overwrite, is_previous=_is_eval_record)
+              if out is not None else None)
+    net, meta, splits = load_original(checkpoint, data_root=data_root, device=device)
+    data = forget_data(splits, forget_spec, seed, meta)
     ref = load_original(reference, data_root=data_root, device=device)[0] if reference is not None else None
     result = _stored_result(checkpoint, data.request.to_dict())
     evaluation = evaluate(net, data, reference=ref, result=result, seed=seed)
     record = {**evaluation.to_dict(), "checkpoint": str(checkpoint),
               "reference": str(reference) if reference is not None else None}
+    if target is not None:
+        atomic_write_json(target, record)
+        _on_interrupt(lambda: f"the evaluation was written to {out}")
+    console.print(evaluation.table(escape(f"eval {checkpoint} on {forget_spec}")))
     if out is not None:
-        atomic_write_json(out, record)
-    console.print(evaluation.table(f"eval {checkpoint} on {forget_spec}"))
-    if out is not None:
-        console.print(f"evaluation -> {out}")
+        console.print(f"evaluation -> {out}", markup=False)
+
+
+def _is_eval_record(path: Path) -> bool:
+    """A JSON file `unlearnkit eval --out` wrote before."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"metrics", "checkpoint", "reference"} <= set(record)
 
 
 def _stored_result(checkpoint: Path, request: dict) -> dict | None:
@@ -249,14 +316,18 @@ def bench(
 
     _setup(quiet)
     cfg = load_bench_config(config)
-    summary = run_benchmark(cfg, out, overwrite=overwrite, device=device, cache_dir=cache_dir)
+    stored: list[dict] = []
+    _on_interrupt(lambda: f"{len(stored)} new run(s) stored in {out}; resume with the same command "
+                          "(stored runs are reused)")
+    summary = run_benchmark(cfg, out, overwrite=overwrite, device=device, cache_dir=cache_dir,
+                            on_result=stored.append)
     md, html_path = write_report(out)
     console.print(f"bench {cfg.name}: {summary.computed} run(s) computed, {summary.cached} reused, "
                   f"{summary.originals_trained} original(s) and {summary.oracles_trained} oracle(s) trained "
                   f"in {summary.seconds:.0f} s")
     for line in summary.errors:
-        err_console.print(f"failed: {line}", highlight=False, soft_wrap=True)
-    console.print(f"report -> {md} and {html_path}")
+        err_console.print(f"failed: {line}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"report -> {md} and {html_path}", markup=False)
 
 
 @app.command()
@@ -265,7 +336,7 @@ def report(results: Path = typer.Argument(..., help="A directory written by `unl
     from .bench import write_report
 
     md, html_path = write_report(results)
-    console.print(f"report -> {md} and {html_path}")
+    console.print(f"report -> {md} and {html_path}", markup=False)
 
 
 @app.command()
@@ -275,7 +346,7 @@ def prepare(
     batch_size: int = typer.Option(128, "--batch-size", help="Batch size of the no-grad pass."),
     max_dense_features: int = typer.Option(4096, help="Wider layers get a randomized low-rank sketch."),
     rank: int = typer.Option(256, help="Sketch rank of the low-rank layers."),
-    data_root: Optional[str] = DataRootOpt,
+    data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
     """PGU's one-time step: per-layer input Gram matrices over the training set, saved beside the checkpoint."""
@@ -283,16 +354,34 @@ def prepare(
 
     from .pgu import default_cache_path
     from .pgu import prepare as pgu_prepare
-    from .workflow import load_original
+    from .workflow import check_output_file, load_original
 
     _setup(quiet)
+    if out is not None:  # the default path is the checkpoint's own cache, recomputed each time
+        path = check_output_file(out, inputs=(checkpoint,), overwrite=overwrite, is_previous=_is_pgu_cache)
+    else:
+        path = default_cache_path(checkpoint)
     net, _, splits = load_original(checkpoint, data_root=data_root, device=device)
-    path = out if out is not None else default_cache_path(checkpoint)
     start = time.perf_counter()
     cache = pgu_prepare(net, splits.train, path=path, batch_size=batch_size, max_dense_features=max_dense_features,
                         rank=rank, seed=seed)
+    _on_interrupt(lambda: f"the PGU cache was written to {path}")
     console.print(f"PGU Gram of {len(cache.layers)} layers over {len(cache.ids)} samples "
-                  f"({cache.memory_bytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s -> {path}")
+                  f"({cache.memory_bytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s -> {path}",
+                  markup=False)
+
+
+def _is_pgu_cache(path: Path) -> bool:
+    """A file `unlearnkit prepare` wrote before (a safetensors file with PGU's header)."""
+    from safetensors import SafetensorError, safe_open
+
+    from .pgu import META_KEY
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return META_KEY in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return False
 
 
 # ---- deletion requests: a model store with a ledger (docs/deletion-requests.md) ----------------------
@@ -381,6 +470,8 @@ def request_(
     _setup(quiet)
     if not forget_spec.startswith("ids:"):
         raise UnlearnkitError(f"--forget must be ids:FILE for a store request; got {forget_spec!r}.")
+    _on_interrupt(lambda: f"the store holds the model from before or after this request; `unlearnkit store-show "
+                          f"--store {store}` says which")
     st = Store.open(store, data_root=data_root, lock_timeout=lock_timeout)
     for note in st.notes:
         err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
@@ -438,24 +529,41 @@ _USAGE_ERRORS = {"UsageError", "BadParameter", "MissingParameter", "NoSuchOption
                  "BadArgumentUsage", "ClickException", "FileError"}
 
 
+def _command():
+    """The click command typer builds from ``app``, with flags shown as flags in --help (no ``<bool>``)."""
+    group = typer.main.get_command(app)
+    for command in [group, *getattr(group, "commands", {}).values()]:
+        with command.context_class(command) as ctx:
+            help_option = command.get_help_option(ctx)
+        for param in [*command.params, *([help_option] if help_option is not None else [])]:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+    return group
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see the module docstring)."""
+    _interrupt_note[:] = []
     try:
-        app(args=argv, standalone_mode=False)
+        code = _command()(args=argv, standalone_mode=False)  # typer turns Ctrl-C in a command into Exit(130)
     except UnlearnkitError as e:
-        err_console.print(f"Error: {e}", highlight=False, soft_wrap=True)
-        return 2
+        _print_error(f"Error: {e}")
+        return EXIT_USER_ERROR
     except (typer.Exit, SystemExit) as e:
-        return int(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("Aborted.")
-        return 130
+        code = EXIT_INTERRUPTED
     except Exception as e:
         # usage errors (unknown option, missing argument) from click, or from the copy typer vendors
         if type(e).__name__ in _USAGE_ERRORS and hasattr(e, "show"):
             e.show()
-            return 2
+            return EXIT_USER_ERROR
         raise
-    return 0
+    code = code if isinstance(code, int) else EXIT_OK  # a command's return value is not an exit code
+    if code == EXIT_INTERRUPTED:
+        done = _interrupt_note[0]() if _interrupt_note else "nothing was written"
+        _print_error(f"interrupted: {done}.")
+    return code
 
 
 if __name__ == "__main__":

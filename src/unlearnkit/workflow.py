@@ -6,13 +6,16 @@ Kept apart from the typer layer so the benchmark and the API share them.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import tempfile
 import typing
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import MODEL_META_KEYS, load_checkpoint, read_meta, save_checkpoint
+from .checkpoint import META, MODEL_META_KEYS, OWN_FILES, is_checkpoint_dir, load_checkpoint, read_meta, save_checkpoint
 from .data import DatasetSplits, dataset_labels, load_dataset, make_unlearning_data
 from .errors import UnlearnkitError
 from .methods import make_config, method_spec
@@ -167,10 +170,140 @@ def method_options_for(method: str, meta: dict[str, Any]) -> dict[str, Any]:
     return {"model_factory": factory} if factory is not None else {}
 
 
-def forget_data(splits: DatasetSplits, spec: str, seed: int):
-    return make_unlearning_data(splits.train, splits.test, spec, seed=seed, num_classes=splits.num_classes)
+def forget_data(splits: DatasetSplits, spec: str, seed: int, meta: dict[str, Any] | None = None):
+    """The request's splits; on a derived checkpoint the retain set also excludes every id it already forgot."""
+    ids, classes = forgotten_so_far(meta or {}, len(splits.train))
+    return make_unlearning_data(splits.train, splits.test, spec, seed=seed, num_classes=splits.num_classes,
+                                already_forgotten=ids, forgotten_classes=classes)
 
 
-def save_model(directory: str | Path, model: torch.nn.Module, meta: dict[str, Any], extra: dict[str, Any]):
+def forgotten_so_far(meta: dict[str, Any], num_train: int) -> tuple[Any, tuple[int, ...]]:
+    """(ids, classes) a checkpoint's earlier forget requests removed, from its ``forgotten`` record."""
+    import numpy as np
+
+    record = meta.get("forgotten")
+    if record is None:
+        return np.zeros(0, dtype=np.int64), ()
+    ids = record.get("ids") if isinstance(record, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and 0 <= i < num_train for i in ids):
+        raise UnlearnkitError(f"The checkpoint's 'forgotten' record is damaged: it needs 'ids', a list of training "
+                              f"ids 0..{num_train - 1}.")
+    classes = {int(c) for r in record.get("requests", []) if isinstance(r, dict) and r.get("kind") == "class"
+               for c in r.get("classes", [])}
+    return np.asarray(ids, dtype=np.int64), tuple(sorted(classes))
+
+
+def forgotten_after(meta: dict[str, Any], data) -> dict[str, Any]:
+    """The ``forgotten`` record of a model derived from ``meta``'s by forgetting ``data``: cumulative."""
+    import numpy as np
+
+    before, _ = forgotten_so_far(meta, len(data.train))
+    ids = np.union1d(before, data.forget_ids).astype(np.int64)
+    requests = [*(meta.get("forgotten") or {}).get("requests", []), data.request.to_dict()]
+    return {"ids": ids.tolist(), "requests": requests}
+
+
+def save_model(directory: str | Path, model: torch.nn.Module, meta: dict[str, Any], extra: dict[str, Any],
+               *, overwrite: bool = True, extra_files: dict[str, str] | None = None):
     keep = {k: meta[k] for k in MODEL_META_KEYS if k in meta}
-    return save_checkpoint(directory, model, {**keep, **extra})
+    return save_checkpoint(directory, model, {**keep, **extra}, overwrite=overwrite, extra_files=extra_files)
+
+
+# ---- where a command may write: checked before any work starts (Hugging Face's overwrite_output_dir rule) ----
+
+def written_by(directory: str | Path) -> str | None:
+    """The command that wrote this checkpoint directory (train, forget or compact), or None."""
+    if not is_checkpoint_dir(directory):
+        return None
+    try:
+        meta = json.loads((Path(directory) / META).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    if "compacted_from" in meta:
+        return "compact"
+    return "forget" if "unlearned" in meta else "train"
+
+
+def check_output_dir(out: str | Path, command: str, *, inputs: tuple = (), overwrite: bool = False) -> Path:
+    """Refuse an ``--out`` directory that would lose data; returns the resolved path to write.
+
+    Allowed: a new or empty directory, or a previous output of the same ``command``
+    with ``overwrite``. Refused: the current directory or a parent of it, an input or
+    a directory containing one or inside one, a file, anything else that is not empty,
+    and a place that cannot be written.
+    """
+    target = _check_location(out, inputs)
+    _check_not_inside_inputs(target, out, inputs)
+    if target.exists() and not target.is_dir():
+        raise UnlearnkitError(f"--out {str(out)!r} is an existing file; `unlearnkit {command}` writes a directory.")
+    if target.is_dir() and any(target.iterdir()):
+        previous = written_by(target)
+        if previous is None:
+            names = sorted(p.name for p in target.iterdir() if p.name not in OWN_FILES)[:3]
+            raise UnlearnkitError(f"--out {str(out)!r} is a non-empty directory that is not an unlearnkit checkpoint "
+                                  f"(it holds {', '.join(names) or 'other files'}); refusing to replace it: "
+                                  "choose a new directory.")
+        if previous != command:
+            raise UnlearnkitError(f"--out {str(out)!r} holds the output of `unlearnkit {previous}`, not of "
+                                  f"`unlearnkit {command}`; refusing to replace it: choose a new directory.")
+        if not overwrite:
+            raise UnlearnkitError(f"--out {str(out)!r} holds a previous `unlearnkit {command}` output; pass "
+                                  "--overwrite to replace it.")
+    _check_writable(target, out)
+    return target
+
+
+def check_output_file(out: str | Path, *, inputs: tuple = (), overwrite: bool = False, is_previous=None) -> Path:
+    """Refuse an ``--out`` file that would lose data: a directory, a file of an input checkpoint,
+    an existing file that ``is_previous`` does not recognise, or one that does without ``overwrite``."""
+    target = _check_location(out, inputs)
+    if target.is_dir():
+        raise UnlearnkitError(f"--out {str(out)!r} is a directory; it must be a file path.")
+    if any(target.parent == Path(i).resolve() and target.name in OWN_FILES[:3] for i in inputs):
+        raise UnlearnkitError(f"--out {str(out)!r} is a file of the input checkpoint; choose another path.")
+    if target.exists():
+        if is_previous is None or not is_previous(target):
+            raise UnlearnkitError(f"--out {str(out)!r} exists and was not written by this command; refusing to "
+                                  "replace it: choose a new path.")
+        if not overwrite:
+            raise UnlearnkitError(f"--out {str(out)!r} holds a previous output; pass --overwrite to replace it.")
+    _check_writable(target, out)
+    return target
+
+
+def _check_location(out: str | Path, inputs: tuple) -> Path:
+    target = Path(out).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise UnlearnkitError(f"--out {str(out)!r} is the current directory or one of its parents; "
+                              "choose a new directory.")
+    for given in inputs:
+        source = Path(given).expanduser().resolve()
+        if target == source or target in source.parents:
+            raise UnlearnkitError(f"--out {str(out)!r} is (or contains) the input {str(given)!r}; the input is never "
+                                  "replaced: choose another directory.")
+    return target
+
+
+def _check_not_inside_inputs(target: Path, out: str | Path, inputs: tuple) -> None:
+    for given in inputs:
+        if Path(given).expanduser().resolve() in target.parents:
+            raise UnlearnkitError(f"--out {str(out)!r} is inside the input {str(given)!r}; "
+                                  "choose a directory outside it.")
+
+
+def _check_writable(target: Path, out: str | Path) -> None:
+    """The nearest existing ancestor must be a directory we can create files in (tried, not guessed)."""
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UnlearnkitError(f"--out {str(out)!r} cannot be created: {str(parent)!r} is a file, not a directory.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".unlearnkit-probe-")
+    except OSError as e:
+        raise UnlearnkitError(f"--out {str(out)!r} cannot be written: {str(parent)!r}: {e.strerror}.") from None
+    os.close(fd)
+    os.unlink(probe)

@@ -7,6 +7,7 @@ training set) or ``ids:FILE`` (a .txt of integers or a .npy integer array).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,12 +76,28 @@ def read_ids_file(path: str | Path) -> np.ndarray:
         if arr.dtype.kind not in "iu":
             raise UnlearnkitError(f"Ids in {str(path)!r} must be integers; got dtype {arr.dtype}.")
         return arr.astype(np.int64).ravel()
-    tokens = path.read_text().replace(",", " ").split()
     try:
-        return np.array([int(t) for t in tokens], dtype=np.int64)
-    except ValueError:
-        bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-        raise UnlearnkitError(f"Ids in {str(path)!r} must be integers; found {bad!r}.") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnlearnkitError(f"Cannot read ids file {str(path)!r} as text: {type(e).__name__}.") from None
+    return _parse_ids_text(text, path)
+
+
+_DECIMAL = re.compile(r"-?[0-9]+", re.ASCII)
+
+
+def _parse_ids_text(text: str, path: Path) -> np.ndarray:
+    """Plain decimal integers separated by whitespace or commas; anything else (``1_0``, ``+3``, ``0x10``,
+    ``1.0``) is refused with its line number, so the file means what ``sort -n`` reads in it.
+    The offending text is not echoed: the file may be anything (``ids:/etc/passwd``)."""
+    ids: list[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        for token in line.replace(",", " ").split():
+            if not _DECIMAL.fullmatch(token):
+                raise UnlearnkitError(f"Ids in {str(path)!r} must be plain decimal integers (one per line, or "
+                                      f"separated by spaces or commas); line {number} is not.")
+            ids.append(int(token))
+    return np.array(ids, dtype=np.int64)
 
 
 def select_forget(spec: str | ForgetRequest | np.ndarray | list, train: Dataset, *, seed: int = 0,
@@ -146,13 +163,24 @@ def _check_nonempty_and_partial(req: ForgetRequest, n: int) -> None:
 
 
 def make_unlearning_data(train: Dataset, test: Dataset | None, spec, *, seed: int = 0,
-                         num_classes: int | None = None) -> UnlearningData:
-    """Split ``train`` into retain and forget sets (and ``test`` by forgotten class)."""
+                         num_classes: int | None = None, already_forgotten=None,
+                         forgotten_classes: tuple[int, ...] = ()) -> UnlearningData:
+    """Split ``train`` into retain and forget sets (and ``test`` by forgotten class).
+
+    ``already_forgotten`` are ids an earlier request removed from the model (a derived
+    checkpoint's history): they are never part of the retain set, and test samples of
+    ``forgotten_classes`` are never part of the test-retain set.
+    """
     labels = dataset_labels(train)
     num_classes = num_classes or int(labels.max()) + 1
     req = select_forget(spec, train, seed=seed, num_classes=num_classes)
     keep = np.ones(len(train), dtype=bool)
     keep[req.ids] = False
+    if already_forgotten is not None and len(already_forgotten):
+        keep[np.asarray(already_forgotten, dtype=np.int64)] = False
+        if not keep.any():
+            raise UnlearnkitError(f"The forget set {req.spec!r} and the {len(already_forgotten)} ids forgotten "
+                                  "earlier cover the whole training set; nothing would be retained.")
     retain_ids = np.flatnonzero(keep)
     data = UnlearningData(train=train, retain=Subset(train, retain_ids.tolist()),
                           forget=Subset(train, req.ids.tolist()), test=test, request=req,
@@ -160,6 +188,7 @@ def make_unlearning_data(train: Dataset, test: Dataset | None, spec, *, seed: in
     if test is not None and req.classes:
         test_labels = dataset_labels(test).numpy()
         in_forget = np.isin(test_labels, req.classes)
-        data.test_retain = Subset(test, np.flatnonzero(~in_forget).tolist())
+        gone = np.isin(test_labels, tuple(req.classes) + tuple(forgotten_classes))
+        data.test_retain = Subset(test, np.flatnonzero(~gone).tolist())
         data.test_forget = Subset(test, np.flatnonzero(in_forget).tolist())
     return data

@@ -1,0 +1,93 @@
+"""Ctrl-C exits 130 with one line saying what was and was not written."""
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import unlearnkit
+import unlearnkit.bench as bench
+from unlearnkit.cli import main
+
+SRC = str(Path(unlearnkit.__file__).resolve().parents[1])
+
+
+def _wait_for_line(proc, prefix: str, timeout: float = 120.0) -> list[str]:
+    """Read the child's stderr until a line starts with ``prefix``; returns the lines read."""
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stderr, selectors.EVENT_READ)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if selector.select(timeout=1.0):
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith(prefix):
+                return lines
+    proc.kill()
+    raise AssertionError(f"no line starting with {prefix!r} from the child; got {lines!r}")
+
+
+def test_sigint_during_train_exits_130_and_writes_nothing(tmp_path):
+    out = tmp_path / "ck"
+    env = {**os.environ, "PYTHONPATH": SRC, "UNLEARNKIT_QUIET": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "unlearnkit", "--threads", "1", "train", "--model", "mlp",
+                             "--epochs", "100000", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    _wait_for_line(proc, "train mlp: ")  # the progress log line: it is training now
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "interrupted: nothing was written."
+    assert "Traceback" not in err
+    assert not out.exists() and os.listdir(tmp_path) == []  # no checkpoint, no temporary beside it
+
+
+def test_interrupted_bench_says_how_many_runs_were_stored(tmp_path, capsys, monkeypatch):
+    def run_then_interrupt(config, out, *, on_result=None, **kwargs):
+        on_result({"method": "finetune"})
+        on_result({"method": "retrain"})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_benchmark", run_then_interrupt)
+    assert main(["bench", "--config", "smoke", "--out", str(tmp_path / "b"), "-q"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"interrupted: 2 new run(s) stored in {tmp_path / 'b'}; resume with the same command "
+                   "(stored runs are reused).")
+
+
+def test_keyboard_interrupt_inside_a_command_is_130_not_0(tmp_path, capsys, monkeypatch):
+    import unlearnkit.workflow as workflow
+
+    def interrupt_after_training(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "train_original", interrupt_after_training)
+    assert main(["train", "--out", str(tmp_path / "ck"), "-q"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted: nothing was written."
+
+
+def test_exit_codes(tmp_path, capsys):
+    assert main(["methods"]) == 0
+    assert main(["train", "--bogus"]) == 2  # usage error
+    assert main(["train", "--model", "nope", "--out", str(tmp_path / "x")]) == 2  # UnlearnkitError
+    assert main(["--threads", "0", "methods"]) == 2
+    assert "--threads must be a whole number >= 1; got 0" in capsys.readouterr().err
+
+
+def test_an_interrupt_while_writing_says_the_output_is_old_or_new(tmp_path, capsys, monkeypatch):
+    import unlearnkit.workflow as workflow
+
+    def interrupt_while_saving(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "save_model", interrupt_while_saving)
+    out = tmp_path / "ck"
+    assert main(["train", "--model", "mlp", "--epochs", "1", "--out", str(out), "-q"]) == 130
+    assert capsys.readouterr().err.strip() == (f"interrupted: {out} holds its previous contents or the complete "
+                                               "new output, never a mix.")
