@@ -190,7 +190,7 @@ def test_interrupted_request_leaves_a_consistent_store(tmp_path, checkpoint, mon
         if name == step:
             raise Crash(name)
 
-    monkeypatch.setattr(store_mod, "_crash_point", crash)
+    monkeypatch.setattr(store_mod.files, "crash_point", crash)
     with pytest.raises(Crash):
         st.request(np.arange(50))
     monkeypatch.undo()
