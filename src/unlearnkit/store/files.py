@@ -21,6 +21,7 @@ from ..errors import UnlearnkitError
 
 KILL_ENV = "UNLEARNKIT_STORE_KILL_AT"  # testing hook: SIGKILL this process at the named step
 TMP_SUFFIX = ".tmp"  # every temporary file the store writes in its root is named ".NAME.<hex>.tmp"
+os_write = os.write  # every byte the store writes goes through this (tests inject short writes and ENOSPC)
 
 
 def crash_point(step: str) -> None:
@@ -43,7 +44,7 @@ def write_fully(fd: int, data: bytes) -> None:
     """Write every byte of ``data`` to ``fd``: ``os.write`` may write fewer bytes than asked."""
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        n = os_write(fd, view)
         if n <= 0:
             raise ShortWriteError(errno.EIO, f"write wrote {n} of {len(view)} remaining bytes")
         view = view[n:]
