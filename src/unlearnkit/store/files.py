@@ -86,10 +86,10 @@ def make_dir(path: Path) -> None:
 
 def remove(path: Path) -> None:
     """Remove a file or directory tree; a failure is ignored (callers report the error that matters)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
             path.unlink()
 
 
