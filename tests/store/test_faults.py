@@ -7,7 +7,6 @@ import errno
 import os
 import subprocess
 
-import numpy as np
 import pytest
 from store_helpers import ledger, make_store, snapshot
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 from store_helpers import ledger, make_store, snapshot, to_format1
 

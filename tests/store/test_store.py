@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from store_helpers import ledger, make_store, snapshot
 
 import unlearnkit as uk
 from unlearnkit import store as store_mod
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.store import EXIT_REFUSED, Store, ids_sha256, recalibrate_batchnorm
-from unlearnkit.workflow import save_model, train_original
 
-from store_helpers import ledger, make_store, snapshot
 
 WORKER = Path(__file__).with_name("test_store_worker.py")
 

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +22,7 @@ from ..errors import UnlearnkitError
 from ..utils import environment_info, state_dict_hash, to_jsonable
 from . import files as F
 from .config import StoreConfig
-from .ledger import Ledger, canonical, line_of, resolve_key, sign
+from .ledger import Ledger, canonical, resolve_key, sign
 from .receipt import Receipt
 from .versions import (FORGOTTEN_FILE, PGU_CACHE_FILE, RECEIPT_FILE, VERSION_RE, Versions, version_files,
                        version_number)
