@@ -53,3 +53,20 @@ def to_format1(path: Path) -> None:
     info = {k: v for k, v in info.items() if k not in ("signed", "mac")}
     info["format_version"] = 1
     (path / "store.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def built_store(tmp_path_factory, checkpoint, requests, **config) -> tuple[Path, list[bytes]]:
+    """A store after ``requests`` (lists of ids) and its ledger after each step (build once, copy per test)."""
+    st = make_store(tmp_path_factory.mktemp("built"), checkpoint, **config)
+    ledgers = [(st.path / "ledger.jsonl").read_bytes()]
+    for ids in requests:
+        st.request(ids)
+        ledgers.append((st.path / "ledger.jsonl").read_bytes())
+    return st.path, ledgers
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst

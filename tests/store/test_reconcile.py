@@ -6,19 +6,33 @@ import json
 import shutil
 
 import pytest
-from store_helpers import ledger, make_store, snapshot, to_format1
+from store_helpers import built_store, copy_store, ledger, snapshot, to_format1
 
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.store import Store
 
 
-def test_restoring_an_older_ledger_backup_deletes_nothing(tmp_path, checkpoint):
-    st = make_store(tmp_path, checkpoint)
-    st.request([1, 2])
-    backup = (st.path / "ledger.jsonl").read_bytes()
-    st.request([3, 4])
-    st.request([5, 6])
-    (st.path / "ledger.jsonl").write_bytes(backup)  # what the error message of a damaged ledger advises
+REQUESTS = [[1, 2], [3, 4], [5, 6]]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, checkpoint):
+    """A store after three requests (v000003), and its ledger after each step."""
+    return built_store(tmp_path_factory, checkpoint, REQUESTS)
+
+
+@pytest.fixture(scope="module")
+def built_keep(tmp_path_factory, checkpoint):
+    return built_store(tmp_path_factory, checkpoint, REQUESTS, keep_old_models=True)
+
+
+@pytest.fixture
+def st(tmp_path, built):
+    return Store.open(copy_store(built[0], tmp_path / "store"))
+
+
+def test_restoring_an_older_ledger_backup_deletes_nothing(st, built):
+    (st.path / "ledger.jsonl").write_bytes(built[1][1])  # what the error message of a damaged ledger advises
     before = snapshot(st.path)
     with pytest.raises(UnlearnkitError, match="ledger looks older than the models.*Nothing was changed or deleted"):
         Store.open(st.path)
@@ -26,13 +40,9 @@ def test_restoring_an_older_ledger_backup_deletes_nothing(tmp_path, checkpoint):
     assert (st.path / "models" / "v000003" / "model.safetensors").is_file()
 
 
-def test_older_ledger_with_its_head_model_still_present_is_not_rolled_back(tmp_path, checkpoint):
-    st = make_store(tmp_path, checkpoint, keep_old_models=True)
-    st.request([1, 2])
-    backup = (st.path / "ledger.jsonl").read_bytes()
-    st.request([3, 4])
-    one_behind = (st.path / "ledger.jsonl").read_bytes()
-    st.request([5, 6])
+def test_older_ledger_with_its_head_model_still_present_is_not_rolled_back(tmp_path, built_keep):
+    st = Store.open(copy_store(built_keep[0], tmp_path / "store"))
+    backup, one_behind = built_keep[1][1], built_keep[1][2]
     (st.path / "ledger.jsonl").write_bytes(backup)
     before = snapshot(st.path)
     with pytest.raises(UnlearnkitError, match="older than the models"):  # rolling back would serve forgotten data
@@ -45,10 +55,7 @@ def test_older_ledger_with_its_head_model_still_present_is_not_rolled_back(tmp_p
     assert again.forgotten_ids.tolist() == [1, 2, 3, 4, 5, 6] and ledger(st.path)[-1]["recovered"] is True
 
 
-def test_ledger_cut_inside_an_earlier_line_deletes_nothing(tmp_path, checkpoint):
-    st = make_store(tmp_path, checkpoint)
-    for ids in ([1, 2], [3, 4], [5, 6]):
-        st.request(ids)
+def test_ledger_cut_inside_an_earlier_line_deletes_nothing(st):
     data = (st.path / "ledger.jsonl").read_bytes()
     lines = data.split(b"\n")
     cut = len(lines[0]) + len(lines[1]) + 2 + 40  # 40 bytes into the third line (request 2 of 3)
@@ -59,32 +66,26 @@ def test_ledger_cut_inside_an_earlier_line_deletes_nothing(tmp_path, checkpoint)
     assert snapshot(st.path) == before
 
 
-def test_current_naming_a_missing_version_rolls_back_without_deleting(tmp_path, checkpoint):
-    st = make_store(tmp_path, checkpoint)
-    st.request([1, 2])
+def test_current_naming_a_missing_version_rolls_back_without_deleting(st):
     (st.path / "CURRENT").write_text("v000009\n")
-    with pytest.warns(UserWarning, match="rolled back to v000001"):
+    with pytest.warns(UserWarning, match="rolled back to v000003"):
         again = Store.open(st.path)
-    assert again.version == "v000001" and (st.path / "CURRENT").read_text() == "v000001\n"
+    assert again.version == "v000003" and (st.path / "CURRENT").read_text() == "v000003\n"
 
 
-def test_unexplained_model_directory_is_kept_and_reported(tmp_path, checkpoint):
-    st = make_store(tmp_path, checkpoint)
-    st.request([1, 2])
+def test_unexplained_model_directory_is_kept_and_reported(st):
     stray = st.path / "models" / "v000007"
     shutil.copytree(st.version_dir, stray)  # a version the ledger does not know (not the next link)
     (stray / "receipt.json").write_text("{}")
     with pytest.warns(UserWarning, match="kept models/v000007"):
         again = Store.open(st.path)
     assert stray.is_dir() and any("v000007" in n for n in again.notes)
-    receipt = again.request([3])
+    receipt = again.request([7])
     assert receipt.version == "v000008" and stray.is_dir()  # named above it, and it is still not deleted
 
 
 @pytest.mark.parametrize("text", ["../../elsewhere", "/tmp", "v1", "models/v000001"])
-def test_current_must_be_a_plain_version_name(tmp_path, checkpoint, text):
-    st = make_store(tmp_path, checkpoint)
-    st.request([1, 2])
+def test_current_must_be_a_plain_version_name(tmp_path, st, text):
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(st.version_dir, elsewhere)
     (st.path / "CURRENT").write_text(text + "\n")
@@ -94,38 +95,31 @@ def test_current_must_be_a_plain_version_name(tmp_path, checkpoint, text):
     assert snapshot(st.path) == before and elsewhere.is_dir()
 
 
-def test_next_version_name_is_above_every_name_seen(tmp_path, checkpoint):
-    """A format-1 ledger (no chain) with a middle line removed: the next request must not reuse v000002."""
-    st = make_store(tmp_path, checkpoint)
-    st.request([1, 2])
-    st.request([3, 4])
+def test_next_version_name_is_above_every_name_seen(st):
+    """A format-1 ledger (no chain) with a middle line removed: the next request must not reuse v000003."""
     to_format1(st.path)
     lines = (st.path / "ledger.jsonl").read_text().splitlines(keepends=True)
-    (st.path / "ledger.jsonl").write_text(lines[0] + lines[2])  # request 1's line removed
-    current = (st.path / "models" / "v000002" / "model.safetensors").read_bytes()
+    (st.path / "ledger.jsonl").write_text("".join(lines[:2] + lines[3:]))  # request 2's line removed
     with pytest.warns(UserWarning, match="migrated"):
         again = Store.open(st.path)
-    assert again.version == "v000002" and len(ledger(st.path)) == 2
-    receipt = again.request([5, 6])
-    assert receipt.version == "v000003"  # counting requests gave v000002: the current model's own directory
-    assert Store.open(st.path).version == "v000003"
-    assert "prev" in ledger(st.path)[-1] and current  # chained from the migration on
+    assert again.version == "v000003" and len(ledger(st.path)) == 3
+    receipt = again.request([7, 8])
+    assert receipt.version == "v000004"  # counting requests gave v000003: the current model's own directory
+    assert Store.open(st.path).version == "v000004"
+    assert "prev" in ledger(st.path)[-1]  # chained from the migration on
 
 
-def test_format1_store_opens_and_is_migrated_to_a_chain(tmp_path, checkpoint):
-    st = make_store(tmp_path, checkpoint)
-    st.request([1, 2])
+def test_format1_store_opens_and_is_migrated_to_a_chain(st):
     to_format1(st.path)
     with pytest.warns(UserWarning, match="migrated the store to format 2"):
         again = Store.open(st.path)
     assert json.loads((st.path / "store.json").read_text())["format_version"] == 2
-    assert [e["seq"] for e in ledger(st.path)] == [0, 1] and again.forgotten_ids.tolist() == [1, 2]
-    assert Store.open(st.path).request([3]).status == "applied"
+    assert [e["seq"] for e in ledger(st.path)] == [0, 1, 2, 3] and again.forgotten_ids.tolist() == [1, 2, 3, 4, 5, 6]
+    assert Store.open(st.path).version == "v000003"
 
 
-def test_stale_temporaries_are_cleaned_on_open(tmp_path, checkpoint):
-    st = make_store(tmp_path, checkpoint)
-    stale = [st.path / ".CURRENT.0123abcd.tmp", st.path / "models" / ".v000001.89abcdef",
+def test_stale_temporaries_are_cleaned_on_open(st):
+    stale = [st.path / ".CURRENT.0123abcd.tmp", st.path / "models" / ".v000004.89abcdef",
              st.path / "models" / ".pgu-0123abcd.safetensors"]
     stale[0].write_text("v000000\n")
     stale[1].mkdir()

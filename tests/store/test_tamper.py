@@ -5,19 +5,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from store_helpers import ledger, make_store, reseal, snapshot, write_ledger
+from store_helpers import built_store, copy_store, ledger, make_store, reseal, snapshot, write_ledger
 
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.store import Store
 from unlearnkit.store.ledger import legacy_checksum
 
 
+@pytest.fixture(scope="module")
+def built3(tmp_path_factory, checkpoint):
+    return built_store(tmp_path_factory, checkpoint, [[1, 2], [3, 4], [5, 6]])[0]
+
+
 @pytest.fixture
-def store3(tmp_path, checkpoint):
-    st = make_store(tmp_path, checkpoint)
-    for ids in ([1, 2], [3, 4], [5, 6]):
-        st.request(ids)
-    return st
+def store3(tmp_path, built3):
+    return Store.open(copy_store(built3, tmp_path / "store"))
 
 
 def refused_on_open(path, match, **kw):
