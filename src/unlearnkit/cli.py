@@ -397,6 +397,28 @@ def _gate_value(text: Optional[str], name: str):
         raise UnlearnkitError(f"--{name} must be a number or 'none'; got {text!r}.") from None
 
 
+KeyFileOpt = typer.Option(None, "--key-file", help="File holding the store's signing key (HMAC-SHA256); "
+                           "default $UNLEARNKIT_STORE_KEY. A signed store needs it for every command.")
+
+
+def _store_key(key_file: Optional[Path]) -> Optional[bytes]:
+    """The key in ``key_file`` (its trailing newline removed), or None to use $UNLEARNKIT_STORE_KEY."""
+    if key_file is None:
+        return None
+    try:
+        key = key_file.read_bytes().rstrip(b"\r\n")
+    except OSError as e:
+        raise UnlearnkitError(f"Cannot read --key-file {str(key_file)!r}: {e.strerror}.") from None
+    if not key:
+        raise UnlearnkitError(f"--key-file {str(key_file)!r} is empty; it must hold the store's key.")
+    return key
+
+
+def _print_notes(st) -> None:
+    for note in st.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command("store-init")
 def store_init(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint directory (from `unlearnkit train`)."),
@@ -406,6 +428,9 @@ def store_init(
     fallback: bool = typer.Option(False, "--fallback/--no-fallback", help="Try the next method when one fails its gates."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Method parameter METHOD.KEY=VALUE (repeatable)."),
     forget_margin: Optional[str] = typer.Option(None, help="Gate: forget acc <= test acc + this (points; default 2, 'none' off)."),
+    forget_confidence: Optional[str] = typer.Option(None, help="Forget gate refuses only when the Wilson lower bound "
+                                                    "of forget acc at this confidence exceeds its limit (default "
+                                                    "0.95; 'none': compare the measured accuracy)."),
     max_retain_drop: Optional[str] = typer.Option(None, help="Gate: retain acc drop <= this (points; default 5, 'none' off)."),
     min_mia_efficacy: Optional[str] = typer.Option(None, help="Gate: MIA-Efficacy >= this (%; default off)."),
     retrain_after: Optional[int] = typer.Option(None, help="Full retrain once this many requests were unlearned."),
@@ -414,6 +439,7 @@ def store_init(
     training_ids: Optional[str] = typer.Option(None, help="ids:FILE of forget-able training ids (default: all)."),
     record_ids: bool = typer.Option(False, "--record-ids", help="Write forget ids into receipts (default: hash only)."),
     lock_timeout: float = typer.Option(60.0, help="Seconds a second process waits for the store's lock."),
+    key_file: Optional[Path] = KeyFileOpt,
     data_root: Optional[str] = DataRootOpt, seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
     """Create a model store (current model, ledger, gates, policy) from a checkpoint."""
@@ -428,8 +454,8 @@ def store_init(
             raise UnlearnkitError(f"--set expects METHOD.KEY=VALUE; got {pair!r}.")
         configs.setdefault(name, {}).update(parse_overrides(name, [rest]))
     options: dict = {}
-    for key, text in (("forget_margin", forget_margin), ("max_retain_drop", max_retain_drop),
-                      ("min_mia_efficacy", min_mia_efficacy)):
+    for key, text in (("forget_margin", forget_margin), ("forget_confidence", forget_confidence),
+                      ("max_retain_drop", max_retain_drop), ("min_mia_efficacy", min_mia_efficacy)):
         value, given = _gate_value(text, key.replace("_", "-"))
         if given:
             options[key] = value
@@ -441,13 +467,14 @@ def store_init(
         from .data.forget import read_ids_file
 
         ids = read_ids_file(training_ids[4:] if training_ids.startswith("ids:") else training_ids)
-    st = Store.create(store, checkpoint, training_ids=ids, data_root=data_root, methods=list(method),
+    st = Store.create(store, checkpoint, training_ids=ids, data_root=data_root, key=_store_key(key_file),
+                      methods=list(method),
                       method_configs=configs, fallback=fallback, retrain_after=retrain_after, max_drift=max_drift,
                       recalibrate_bn=bn, record_ids=record_ids, lock_timeout=lock_timeout, seed=seed, device=device,
                       **options)
     s = st.summary()
     console.print(f"store {store}: model {s['model']} ({s['model_hash']}), {s['training_ids']} training ids, "
-                  f"methods {', '.join(st.config.methods)}")
+                  f"methods {', '.join(st.config.methods)}", markup=False)
 
 
 @app.command("request")
@@ -460,9 +487,11 @@ def request_(
     record_ids: Optional[bool] = typer.Option(None, "--record-ids/--hash-ids", help="Ids in the receipt, or their hash."),
     receipt_out: Optional[Path] = typer.Option(None, "--receipt", help="Also write the receipt as JSON to this file."),
     lock_timeout: Optional[float] = typer.Option(None, help="Seconds to wait for another process's request."),
+    key_file: Optional[Path] = KeyFileOpt,
     data_root: Optional[str] = DataRootOpt, quiet: bool = QuietOpt,
 ):
-    """Run one deletion request on a store. Exit 0: applied (or nothing new to forget); 3: refused by a gate."""
+    """Run one deletion request on a store. Exit 0: applied (or nothing new to forget); 3: refused by a gate;
+    2: not applied (bad input, damaged or locked store, disk full, no permission; the store is unchanged)."""
     from .store import Store
     from .utils import atomic_write_json
     from .workflow import parse_overrides
@@ -472,9 +501,8 @@ def request_(
         raise UnlearnkitError(f"--forget must be ids:FILE for a store request; got {forget_spec!r}.")
     _on_interrupt(lambda: f"the store holds the model from before or after this request; `unlearnkit store-show "
                           f"--store {store}` says which")
-    st = Store.open(store, data_root=data_root, lock_timeout=lock_timeout)
-    for note in st.notes:
-        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    st = Store.open(store, data_root=data_root, lock_timeout=lock_timeout, key=_store_key(key_file))
+    _print_notes(st)
     overrides = parse_overrides(method or st.config.methods[0], set_)
     receipt = st.request(forget_spec, method=method, fallback=fallback, record_ids=record_ids, **overrides)
     if receipt_out is not None:
@@ -491,9 +519,12 @@ def request_(
     for a in receipt.attempts:
         for name, g in a.get("gates", {}).items():
             if isinstance(g, dict) and not g.get("passed"):
-                console.print(f"{a['method']}: gate {name} failed: {g['value']:.2f} (rule {g['rule']} = {g['limit']:.2f})")
+                text = g.get("message") or f"gate {name} failed: {g['value']:.2f} (rule {g['rule']} = {g['limit']:.2f})"
+                console.print(f"{a['method']}: {text}", markup=False, highlight=False)
+    if "ledger_pending" in receipt.extra:
+        err_console.print(f"note: {receipt.extra['ledger_pending']}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"{receipt.status}: {receipt.request_id}, model {receipt.model_before} -> {receipt.model_after} "
-                  f"({receipt.version})")
+                  f"({receipt.version})", markup=False)
     if receipt.exit_code:
         raise SystemExit(receipt.exit_code)  # typer.Exit is returned, not raised, by main()'s non-standalone app()
 
@@ -503,13 +534,13 @@ def store_show(
     store: Path = typer.Option(..., "--store", help="Store directory."),
     last: int = typer.Option(20, "--last", help="Show the last N receipts."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary and receipts as JSON."),
+    key_file: Optional[Path] = KeyFileOpt,
 ):
-    """Show a store: current model, forgotten count, and its ledger of deletion requests."""
+    """Show a store: current model, forgotten count, and its ledger of deletion requests (chain verified)."""
     from .store import Store
 
-    st = Store.open(store)
-    for note in st.notes:
-        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    st = Store.open(store, key=_store_key(key_file))
+    _print_notes(st)
     receipts = st.receipts()[-last:] if last > 0 else []
     if as_json:
         print(json.dumps({"summary": st.summary(), "receipts": [r.to_dict() for r in receipts]}, indent=2))
@@ -517,7 +548,7 @@ def store_show(
     s = st.summary()
     console.print(f"store {store}: model {s['model']} {s['model_hash']} ({s['version']}), {s['forgotten']} of "
                   f"{s['training_ids']} training ids forgotten; {s['requests']} requests ({s['applied']} applied, "
-                  f"{s['refused']} refused, {s['noop']} nothing new)")
+                  f"{s['refused']} refused, {s['noop']} nothing new)", markup=False)
     rows = [[r.request_id.split("-")[0], r.status, r.method or "-", r.forget["num_new"],
              r.figures.get("UA", "-"), r.figures.get("RA", "-"), r.figures.get("TA", "-"),
              r.figures.get("MIA-Efficacy", "-")] for r in receipts]

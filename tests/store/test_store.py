@@ -15,38 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from store_helpers import ledger, make_store, snapshot
 
 import unlearnkit as uk
 from unlearnkit import store as store_mod
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.store import EXIT_REFUSED, Store, ids_sha256, recalibrate_batchnorm
-from unlearnkit.workflow import save_model, train_original
+
 
 WORKER = Path(__file__).with_name("test_store_worker.py")
-LOOSE = dict(forget_margin=100.0, max_retain_drop=100.0, method_configs={"finetune": {"epochs": 1}})
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory, digits):
-    out = tmp_path_factory.mktemp("store-ck") / "mlp"
-    model, meta, _ = train_original("digits", "mlp", uk.Recipe(epochs=2, lr=0.05, batch_size=64), splits=digits,
-                                    model_kwargs={"hidden": 32, "depth": 1})
-    save_model(out, model, meta, {})
-    return out
-
-
-def make_store(tmp_path, checkpoint, name="store", **config) -> Store:
-    return Store.create(tmp_path / name, checkpoint, **{**LOOSE, **config})
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    """Every file of a store except the lock file (to show that nothing changed)."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
-
-
-def ledger(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "ledger.jsonl").read_text().splitlines()]
 
 
 # ---- one request --------------------------------------------------------------------------------
@@ -190,7 +167,7 @@ def test_interrupted_request_leaves_a_consistent_store(tmp_path, checkpoint, mon
         if name == step:
             raise Crash(name)
 
-    monkeypatch.setattr(store_mod, "_crash_point", crash)
+    monkeypatch.setattr(store_mod.files, "crash_point", crash)
     with pytest.raises(Crash):
         st.request(np.arange(50))
     monkeypatch.undo()
