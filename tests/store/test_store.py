@@ -348,3 +348,15 @@ def test_store_of_a_compact_checkpoint_keeps_it_loadable(tmp_path, checkpoint):
     model = Store.open(st.path).load_model("cpu")
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in load_checkpoint(small)[0].parameters())
     assert read_meta(st.version_dir)["compacted"] == compacted
+
+
+def test_a_version_checkpoint_carries_every_id_the_store_forgot(tmp_path, checkpoint):
+    from unlearnkit.checkpoint import read_meta
+    from unlearnkit.workflow import forgotten_so_far
+
+    st = make_store(tmp_path, checkpoint)
+    st.request(np.arange(0, 12))
+    st.request(np.arange(30, 35))
+    meta = read_meta(Store.open(st.path).version_dir)
+    ids, classes = forgotten_so_far(meta, 10_000)
+    assert ids.tolist() == [*range(12), *range(30, 35)] and classes == ()  # `forget -c models/vN` leaves them out

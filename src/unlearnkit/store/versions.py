@@ -43,6 +43,15 @@ def version_number(name: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def forgotten_record(before: dict | None, store_ids: np.ndarray) -> dict:
+    """A version's ``forgotten`` checkpoint record: its base checkpoint's ids and requests plus every id the
+    store forgot, so ``unlearnkit forget`` / ``eval`` on a version directory never bring them back."""
+    before = before if isinstance(before, dict) else {}
+    ids = np.union1d(np.asarray(before.get("ids", []), dtype=np.int64), np.asarray(store_ids, dtype=np.int64))
+    store_request = {"kind": "ids", "source": "deletion store", "num_ids": int(len(np.unique(store_ids)))}
+    return {"ids": ids.tolist(), "requests": [*before.get("requests", []), store_request]}
+
+
 def version_files(model: nn.Module, meta: dict, forgotten: np.ndarray, cache_bytes: bytes | None,
                   lineage: dict) -> tuple[dict[str, bytes], dict[str, str | int]]:
     """The files of a version directory (name -> bytes) and the hashes a receipt commits to."""
@@ -51,6 +60,8 @@ def version_files(model: nn.Module, meta: dict, forgotten: np.ndarray, cache_byt
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     weights = save(state)
     keep = {k: meta[k] for k in MODEL_META_KEYS if k in meta}
+    if len(forgotten):
+        keep["forgotten"] = forgotten_record(meta.get("forgotten"), forgotten)
     record = {"format_version": 1, "model_class": type(model).__name__, "weights_sha": state_dict_hash(state),
               "environment": environment_info(), **keep, "lineage": lineage}
     checkpoint = (json.dumps(to_jsonable(record), indent=2, sort_keys=True) + "\n").encode()
