@@ -127,6 +127,18 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def check_method(config: AuditConfig) -> None:
+    """Unknown method names and bad overrides fail before any folder is written or model trained."""
+    from ..errors import unknown_name_error
+    from ..methods import list_methods
+    from ..workflow import method_config_for
+
+    if config.method not in list_methods():
+        raise unknown_name_error("method", config.method, list_methods())
+    meta = {"recipe": config.bench_config().recipe_for(config.seed).to_dict()}
+    method_config_for(config.method, meta, config.method_args)
+
+
 # ---- per-model measurements ------------------------------------------------------------------
 def forget_statistics(model: nn.Module, forget) -> np.ndarray:
     logits, labels = predict_logits(model, forget)
@@ -154,7 +166,6 @@ def relearn_splits(data, config: AuditConfig):
 class _Auditor:
     def __init__(self, config: AuditConfig, out: Path, cache_dir: Path | None, method_fn: MethodFn | None):
         from ..bench.runner import BenchRunner
-        from ..workflow import method_config_for
 
         self.config = config
         self.method_fn = method_fn
@@ -166,15 +177,6 @@ class _Auditor:
         self.data = make_unlearning_data(splits.train, splits.test, config.scenario, seed=config.forget_seed,
                                          num_classes=splits.num_classes)
         self.relearn_set, self.heldout, self.retain_control = relearn_splits(self.data, config)
-        if method_fn is None:
-            from ..methods import list_methods
-
-            if config.method not in list_methods():
-                from ..errors import unknown_name_error
-
-                raise unknown_name_error("method", config.method, list_methods())
-            meta = {"recipe": config.bench_config().recipe_for(config.seed).to_dict()}
-            method_config_for(config.method, meta, config.method_args)  # bad overrides fail before any training
 
     def unlearn(self, original: nn.Module, meta: dict, seed: int) -> nn.Module:
         from ..api import unlearn
@@ -298,6 +300,8 @@ def audit(method: str | MethodFn = "finetune", out: str | Path = "runs/audit", *
     values.update(fields)
     values["method"] = getattr(method, "__name__", "custom") if method_fn is not None else method
     cfg = AuditConfig.from_dict(values)
+    if method_fn is None:
+        check_method(cfg)
     out = Path(out)
     prepare_out_dir(out, overwrite)
     header = {"kind": AUDIT_KIND, "format": AUDIT_FORMAT, "config": cfg.to_dict(), "custom_method": method_fn is not None,
