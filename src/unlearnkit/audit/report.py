@@ -85,6 +85,15 @@ def _steps(summary: dict, horizon: int) -> str:
     return f"{text} ({summary['reached']}/{summary['models']} reached)"
 
 
+def _population_line(population: dict) -> list[str]:
+    """The benchmark's population metrics, mean over the K unlearned models (each against its oracle)."""
+    names = {"ua": "UA", "mia_efficacy": "MIA-Efficacy", "avg_gap": "Avg.Gap"}
+    base = {k.split("@", 1)[0]: v for k, v in population.items()}
+    parts = [f"{title} {base[key]:.2f}" for key, title in names.items() if key in base]
+    return [f"Population metrics (mean over the K unlearned models, each against its oracle): {', '.join(parts)}.",
+            ""] if parts else []
+
+
 def render_markdown(record: dict) -> str:
     c, r = record["config"], record["results"]
     fq, util, lira, rel = r["forgetting_quality"], r["utility"], r["ulira"], r["relearn"]
@@ -111,6 +120,7 @@ def render_markdown(record: dict) -> str:
         lines.append(f"| {name} | {u['forget_acc']:.2f} | {u['ra']:.2f} | {u['ta']:.2f} |")
     lines += ["", f"RA ratio {util['ra_ratio']:.3f}, TA ratio {util['ta_ratio']:.3f}; "
               f"competition score F x RA ratio x TA ratio = {util['score']:.3f}.", "",
+              *_population_line(r.get("population", {})),
               "## U-LiRA", "",
               "| | attack accuracy | AUC | TPR @ 1% FPR | TPR @ 0.1% FPR |", "|---|---|---|---|---|"]
     for name, l in ((method, lira), ("untouched original", r["ulira_original"])):

@@ -195,9 +195,13 @@ class _Auditor:
         return relearn_curve(model, train_set, self.heldout, steps=c.relearn_steps, lr=c.relearn_lr,
                              batch_size=c.relearn_batch_size, seed=seed, device=self.device)
 
-    def measure(self, model: nn.Module, seed: int, *, attack: bool) -> dict:
+    def measure(self, model: nn.Module, seed: int, *, attack: bool, reference: nn.Module | None = None) -> dict:
         out = {"stats": forget_statistics(model, self.data.forget), "utility": utility(model, self.data),
                "heldout_acc": accuracy(model, self.heldout)}
+        if reference is not None:  # the benchmark's population metrics (UA, MIA-Efficacy, Avg.Gap, ...)
+            from ..bench.runner import evaluate_model
+
+            out["population"], _ = evaluate_model(model, self.data, reference=reference, seed=seed)
         if attack:
             out["relearn_forget"] = self.relearn(model, self.relearn_set, seed)
             out["relearn_retain"] = self.relearn(model, self.retain_control, seed)
@@ -219,7 +223,7 @@ class _Auditor:
                 bar.advance(1, status=f"model {i + 1}/{c.k}: {c.method}")
                 torch.manual_seed(seed + UNLEARN_SEED_OFFSET)
                 unlearned = self.unlearn(original, meta, seed + UNLEARN_SEED_OFFSET)
-                rows["unlearned"].append(self.measure(unlearned, seed, attack=True))
+                rows["unlearned"].append(self.measure(unlearned, seed, attack=True, reference=oracle))
                 bar.advance(1)
         results = summarise(c, rows)
         results["seconds"] = time.perf_counter() - t0
@@ -257,6 +261,8 @@ def summarise(c: AuditConfig, rows: dict[str, list[dict]]) -> dict:
     ra_ratio = util["unlearned"]["ra"] / util["retrain"]["ra"] if util["retrain"]["ra"] else float("nan")
     ta_ratio = util["unlearned"]["ta"] / util["retrain"]["ta"] if util["retrain"]["ta"] else float("nan")
     level = c.relearn_level * float(np.mean([r["heldout_acc"] for r in rows["original"]]))
+    population = {name: float(np.mean([r["population"][name] for r in rows["unlearned"]]))
+                  for name in rows["unlearned"][0].get("population", {})}
     lira = ulira(unlearned, retrained)
     lira_original = ulira(original, retrained)
     return {
@@ -271,6 +277,7 @@ def summarise(c: AuditConfig, rows: dict[str, list[dict]]) -> dict:
         },
         "utility": {**util, "ra_ratio": ra_ratio, "ta_ratio": ta_ratio,
                     "score": fq["forgetting_quality"] * ra_ratio * ta_ratio},
+        "population": population,
         "ulira": lira,
         "ulira_original": {k: v for k, v in lira_original.items() if k not in ("roc", "per_example_accuracy")},
         "relearn": {"level": level, "horizon": c.relearn_steps,
