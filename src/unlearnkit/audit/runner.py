@@ -35,6 +35,7 @@ from .relearn import relearn_curve, steps_to_level, summarise_steps
 AUDIT_KIND = "unlearnkit-audit"
 AUDIT_FORMAT = 1
 UNLEARN_SEED_OFFSET = 1000
+RELEARN_FACTOR = 0.5  # relearning in under this share of the oracles' steps means hidden, not removed
 MethodFn = Callable[[nn.Module, Any, int], nn.Module]  # (original, UnlearningData, seed) -> unlearned model
 
 
@@ -288,9 +289,12 @@ def summarise(c: AuditConfig, rows: dict[str, list[dict]]) -> dict:
 
 
 def relearns_faster(results: dict) -> bool:
-    """True when fine-tuning on the relearn set restores the forget accuracy sooner than on retrain."""
+    """True when fine-tuning on the relearn set restores the forget accuracy in under half the oracles' steps.
+
+    Half, not merely fewer: fresh retrains and the oracles differ by a step or two by chance.
+    """
     r = results["relearn"]
-    return r["unlearned"]["forget"]["median_steps"] < r["retrain"]["forget"]["median_steps"]
+    return r["unlearned"]["forget"]["median_steps"] < RELEARN_FACTOR * r["retrain"]["forget"]["median_steps"]
 
 
 # ---- entry point ----------------------------------------------------------------------------------
