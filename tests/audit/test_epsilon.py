@@ -70,3 +70,27 @@ def test_logit_scaled_confidence_is_log_odds_and_survives_masked_logits():
     conf = logit_scaled_confidence(logits, labels)
     assert conf[:2] == pytest.approx(expected)
     assert conf[2] == pytest.approx(-45 * math.log(10))  # clipped like the competition's log(p + 1e-45)
+
+
+def _grid_double_threshold_rates(pos, neg, per_unit=100, buffer=2.0):
+    """The competition's double-threshold grid, written out from its description (slow, for checking)."""
+    peaky, other = (pos, neg) if np.ptp(pos) <= np.ptp(neg) else (neg, pos)
+    width = min(np.ptp(pos), np.ptp(neg))
+    low, high = peaky.min() + width - buffer, peaky.max() + buffer
+    rates = set()
+    for r in np.linspace(low, high, int(np.ceil((high - low) * per_unit))):
+        lefts = np.linspace(r - width - buffer, r - width + buffer, int(2 * buffer * per_unit))
+        inside = lambda v: ((v[None, :] >= lefts[:, None]) & (v[None, :] <= r)).mean(1)  # noqa: E731
+        rates |= set(zip(np.round(inside(other), 6), np.round(1 - inside(peaky), 6)))
+    return rates
+
+
+def test_competition_family_reaches_the_same_attacks_as_its_grid():
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        pos, neg = rng.normal(0, rng.uniform(0.3, 3), 4), rng.normal(rng.uniform(-2, 2), rng.uniform(0.3, 3), 4)
+        fpr, fnr = attack_rates(pos, neg, "competition")
+        singles = len(np.unique(np.concatenate([pos, neg]))) + 1
+        ours = set(zip(np.round(fpr[singles:], 6), np.round(fnr[singles:], 6)))
+        grid = _grid_double_threshold_rates(pos, neg) - {(0.0, 1.0)}  # the empty interval: discarded anyway
+        assert ours == grid
