@@ -47,7 +47,7 @@ def plot_epsilons(results: dict, method: str) -> bytes:
     ax.hist(fq["epsilons"], bins=bins, alpha=0.7, label=method, color="tab:blue")
     ax.axvline(fq["max_scored_epsilon"], color="k", ls="--", lw=1, label="scores 0 from here")
     ax.set(xlabel="per-example epsilon", ylabel="forget examples", title="Per-example epsilon")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center")
     return _png(fig)
 
 
@@ -61,7 +61,7 @@ def plot_roc(results: dict, method: str) -> bytes:
     ax.loglog(fpr, tpr, label=f"{method} (acc {results['ulira']['accuracy']:.1f}%)")
     ax.loglog([floor, 1], [floor, 1], "k--", lw=1, label="chance")
     ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="U-LiRA ROC")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     return _png(fig)
 
 
@@ -75,7 +75,7 @@ def plot_relearn(results: dict, method: str) -> bytes:
             ax.plot(range(len(curve)), curve, style, color=color, label=f"{label}, fine-tuned on {attack}")
     ax.axhline(r["level"], color="k", ls="--", lw=1, label="relearned level")
     ax.set(xlabel="fine-tuning steps", ylabel="held-out forget accuracy (%)", title="Relearning attack")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center right")
     return _png(fig)
 
 
