@@ -12,6 +12,7 @@ and where this differs from the competition's code.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -163,6 +164,7 @@ def forgetting_quality(unlearned: np.ndarray, retrained: np.ndarray, delta: floa
             "epsilons": eps, "scores": scores}
 
 
+@functools.lru_cache(maxsize=32)
 def null_forgetting_quality(num_models: int, num_examples: int = 2000, seed: int = 0,
                             attacks: str = "competition") -> float:
     """The score of two samples from one distribution (a perfect unlearner) at this K.
