@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .api import unlearn
+from .audit import audit
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .compact import CompactResult, compact
 from .data import load_dataset, make_unlearning_data, select_forget

@@ -556,6 +556,60 @@ def store_show(
                          ["request", "status", "method", "new ids", "UA", "RA", "TA", "MIA"], rows))
 
 
+@app.command("audit")
+def audit_(
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="A registered method (default finetune)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (a previous audit's is reused; else empty)."),
+    forget_spec: Optional[str] = typer.Option(None, "--forget", "-f", help="class:K[,K] or random:F (default class:3)."),
+    k: Optional[int] = typer.Option(None, "--k", "-k", help="Originals, unlearned models and oracles each (>= 3; default 8)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/TOML/JSON of audit fields; options override it."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Method parameter KEY=VALUE (repeatable)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="digits (default), mnist or cifar10."),
+    model: Optional[str] = typer.Option(None, "--model", help="The originals' model (default cnn)."),
+    model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable), e.g. width=16."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="The originals' (and oracles') training epochs."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="The originals' learning rate."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="The originals' batch size."),
+    relearn_steps: Optional[int] = typer.Option(None, "--relearn-steps", help="Steps of the relearning attack (default 30)."),
+    attacks: Optional[str] = typer.Option(None, "--attacks", help="competition (default) or all threshold attacks."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="First model seed (default 0)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache of originals and oracles (e.g. a bench's "
+                                             "OUT/cache); default OUT/cache."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty directory that is not an audit."),
+    data_root: Optional[str] = DataRootOpt,
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default)."),
+    quiet: bool = QuietOpt,
+):
+    """Audit a method over K models: per-example forgetting quality, U-LiRA, relearning attack; writes report.md."""
+    from .audit import audit
+    from .bench.config import read_config_file
+    from .workflow import parse_model_args, parse_overrides
+
+    _setup(quiet)
+    if config is not None and not config.is_file():
+        raise UnlearnkitError(f"Audit config {str(config)!r} does not exist.")
+    values = read_config_file(config) if config is not None else {}
+    method = method or values.pop("method", "finetune")
+    values.pop("method", None)
+    recipe = dict(values.get("recipe", {}))
+    recipe.update({k_: v for k_, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None})
+    options = {"scenario": forget_spec, "k": k, "dataset": dataset, "model": model, "relearn_steps": relearn_steps,
+               "attacks": attacks, "seed": seed, "data_root": data_root, "device": device}
+    values.update({name: v for name, v in options.items() if v is not None})
+    values["recipe"] = recipe
+    if model_arg:
+        values["model_kwargs"] = {**values.get("model_kwargs", {}), **parse_model_args(model_arg)}
+    if set_:
+        values["method_args"] = {**values.get("method_args", {}), **parse_overrides(method, set_)}
+    result = audit(method, out, config=values, overwrite=overwrite, cache_dir=cache_dir)
+    r = result.results
+    fq, lira, rel = r["forgetting_quality"], r["ulira"], r["relearn"]
+    console.print(f"audit {method} K={values.get('k', 8)}: forgetting quality {fq['forgetting_quality']:.3f} "
+                  f"(null ceiling {fq['null_ceiling']:.3f}, untouched original {fq['original']:.3f}); "
+                  f"U-LiRA accuracy {lira['accuracy']:.1f}%; relearn steps {rel['unlearned']['forget']['median_steps']:g}"
+                  f" vs retrain {rel['retrain']['forget']['median_steps']:g}; {r['seconds']:.0f} s")
+    console.print(f"report -> {result.report}")
+
 _USAGE_ERRORS = {"UsageError", "BadParameter", "MissingParameter", "NoSuchOption", "BadOptionUsage",
                  "BadArgumentUsage", "ClickException", "FileError"}
 
