@@ -1,0 +1,96 @@
+"""Per-epoch cost of finetune, lora, prune_lora and rfa_lora, side by side on one model and data.
+
+Same model (resnet20 or vit_tiny, CIFAR-sized), same data (random uint8 32x32x3
+images, 10% of them the forget set), same batch size, one epoch each; every
+method runs in its own fresh process (``--inner``), so the peak memory of one
+does not leak into another's. Reported per method: the training epoch's
+seconds (``unlearn`` minus ``prepare``; the merge is included), the prepare
+seconds (adapter injection, pruning, RFA's class means), and the peak resident
+memory above what the process held before the method started (model, data and
+the imported libraries excluded).
+
+    python benchmarks/lora_cost.py                        # both models, ~3 minutes on 1 thread
+    python benchmarks/lora_cost.py --models resnet20 --n 512 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+METHODS = ("finetune", "lora", "prune_lora", "rfa_lora")
+
+
+def run_one(model_name: str, method: str, n: int, batch_size: int, threads: int) -> dict:
+    import torch
+
+    import unlearnkit as uk
+    from unlearnkit.data import ArrayDataset
+    from unlearnkit.progress import set_progress
+    from unlearnkit.utils import PeakMemory, _rss_bytes
+
+    torch.set_num_threads(threads)
+    set_progress(False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    n_forget = n // 10
+    forget = ArrayDataset(x[:n_forget], y[:n_forget], scale=255.0)
+    retain = ArrayDataset(x[n_forget:], y[n_forget:], scale=255.0)
+    torch.manual_seed(0)
+    model = uk.create_model(model_name, num_classes=10, in_channels=3, image_size=32)
+    import peft  # noqa: F401  (imported before timing, as a long-running process would have it)
+
+    # warm-up: one small step through the same code paths, so lazy initialisation is not timed
+    uk.unlearn(model, retain, forget, method, epochs=1, batch_size=batch_size, device="cpu")
+    before = _rss_bytes()
+    with PeakMemory() as mem:
+        r = uk.unlearn(model, retain, forget, method, epochs=1, batch_size=batch_size, device="cpu")
+    return {"model": model_name, "method": method, "epoch_s": r.seconds - r.prepare_seconds,
+            "prepare_s": r.prepare_seconds, "peak_mb": (mem.cpu_bytes - before) / 2 ** 20,
+            "trainable": r.trainable_params, "total": r.total_params, "sample_passes": r.sample_passes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet20,vit_tiny")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--n", type=int, default=320, help="number of 32x32x3 images (10%% forget)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per method (median taken)")
+    parser.add_argument("--inner", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        print(json.dumps(run_one(*args.inner, args.n, args.batch_size, args.threads)))
+        return
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), UNLEARNKIT_QUIET="1")
+    print(f"{args.n} random images 3x32x32 ({args.n // 10} forget), batch {args.batch_size}, "
+          f"{args.threads} torch thread(s), 1 epoch, median of {args.repeats} process(es)")
+    print(f"| model | method | epoch s | x finetune | prepare s | peak MB | trainable |")
+    print("|---|---|---|---|---|---|---|")
+    for model_name in args.models.split(","):
+        rows = {}
+        for method in args.methods.split(","):
+            runs = []
+            for _ in range(args.repeats):
+                out = subprocess.run([sys.executable, __file__, "--inner", model_name, method, "--n", str(args.n),
+                                      "--batch-size", str(args.batch_size), "--threads", str(args.threads)],
+                                     env=env, check=True, capture_output=True, text=True)
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            row = dict(runs[0])
+            for key in ("epoch_s", "prepare_s", "peak_mb"):
+                row[key] = statistics.median(r[key] for r in runs)
+            rows[method] = row
+            base = rows.get("finetune", {}).get("epoch_s")
+            ratio = f"{row['epoch_s'] / base:.2f}" if base else "-"
+            print(f"| {model_name} | {method} | {row['epoch_s']:.2f} | {ratio} | {row['prepare_s']:.2f} | "
+                  f"{row['peak_mb']:.0f} | {row['trainable']:,} / {row['total']:,} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
