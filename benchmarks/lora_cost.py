@@ -43,8 +43,6 @@ def run_one(model_name: str, method: str, n: int, batch_size: int, threads: int)
     retain = ArrayDataset(x[n_forget:], y[n_forget:], scale=255.0)
     torch.manual_seed(0)
     model = uk.create_model(model_name, num_classes=10, in_channels=3, image_size=32)
-    import peft  # noqa: F401  (imported before timing, as a long-running process would have it)
-
     # warm-up: one small step through the same code paths, so lazy initialisation is not timed
     uk.unlearn(model, retain, forget, method, epochs=1, batch_size=batch_size, device="cpu")
     before = _rss_bytes()
@@ -70,23 +68,23 @@ def main() -> None:
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), UNLEARNKIT_QUIET="1")
     print(f"{args.n} random images 3x32x32 ({args.n // 10} forget), batch {args.batch_size}, "
-          f"{args.threads} torch thread(s), 1 epoch, median of {args.repeats} process(es)")
+          f"{args.threads} torch thread(s), 1 epoch, median of {args.repeats} process(es) per method")
     print(f"| model | method | epoch s | x finetune | prepare s | peak MB | trainable |")
     print("|---|---|---|---|---|---|---|")
+    methods = args.methods.split(",")
     for model_name in args.models.split(","):
-        rows = {}
-        for method in args.methods.split(","):
-            runs = []
-            for _ in range(args.repeats):
+        runs: dict[str, list[dict]] = {m: [] for m in methods}
+        for _ in range(args.repeats):  # round-robin, so drifting machine load hits every method alike
+            for method in methods:
                 out = subprocess.run([sys.executable, __file__, "--inner", model_name, method, "--n", str(args.n),
                                       "--batch-size", str(args.batch_size), "--threads", str(args.threads)],
                                      env=env, check=True, capture_output=True, text=True)
-                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            row = dict(runs[0])
+                runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        base = statistics.median(r["epoch_s"] for r in runs["finetune"]) if "finetune" in runs else None
+        for method in methods:
+            row = dict(runs[method][0])
             for key in ("epoch_s", "prepare_s", "peak_mb"):
-                row[key] = statistics.median(r[key] for r in runs)
-            rows[method] = row
-            base = rows.get("finetune", {}).get("epoch_s")
+                row[key] = statistics.median(r[key] for r in runs[method])
             ratio = f"{row['epoch_s'] / base:.2f}" if base else "-"
             print(f"| {model_name} | {method} | {row['epoch_s']:.2f} | {ratio} | {row['prepare_s']:.2f} | "
                   f"{row['peak_mb']:.0f} | {row['trainable']:,} / {row['total']:,} |", flush=True)
