@@ -187,8 +187,8 @@ def test_rank_above_every_layer_is_an_error_and_above_one_is_clamped(trained_cnn
     assert adapter.trainable_parameters() < sum(p.numel() for p in trained_cnn.parameters())
 
 
-def test_dropout_default_matches_the_reference_and_acts_in_train_mode(trained_cnn, digits):
-    assert uk.make_config("lora").dropout == 0.1
+def test_dropout_acts_in_train_mode_only(trained_cnn, digits):
+    assert uk.make_config("lora").dropout == 0.0  # the reference's 0.1 doubles the CPU step: docs/methods/lora.md
     adapter = add_lora(trained_cnn, dropout=0.5)
     for p in adapter.lora_parameters():
         nn.init.normal_(p, std=0.05)
