@@ -45,8 +45,9 @@ def run_one(model_name: str, method: str, n: int, batch_size: int, threads: int,
     torch.manual_seed(0)
     model = uk.create_model(model_name, num_classes=10, in_channels=3, image_size=32)
     options = dict(epochs=1, batch_size=batch_size, device="cpu", **(lora_options if method != "finetune" else {}))
-    # warm-up: one epoch through the same code paths, so lazy initialisation is not timed
-    uk.unlearn(model, retain, forget, method, **options)
+    # warm-up on a few samples through the same code paths, so lazy initialisation is not timed
+    uk.unlearn(model, ArrayDataset(x[n_forget:n_forget + 32], y[n_forget:n_forget + 32], scale=255.0), forget,
+               method, **options)
     before = _rss_bytes()
     with PeakMemory() as mem:
         r = uk.unlearn(model, retain, forget, method, **options)
