@@ -159,16 +159,16 @@ def _matches(name: str, target: str) -> bool:
 def resolve_targets(model: nn.Module, targets: Sequence[str] | None = None) -> list[str]:
     """Full names of the weights LoRA goes on; an error when a target selects nothing."""
     layers = weight_sites(model)
+    skipped = unsupported_attention(model) if targets is None else []
+    if skipped:
+        raise UnlearnkitError(
+            f"LoRA cannot adapt the attention {skipped[0]!r}: an nn.MultiheadAttention with kdim/vdim other "
+            "than embed_dim keeps separate q/k/v weights, which unlearnkit does not adapt; give 'targets' "
+            "that leave it out.")
     if not layers:
         raise UnlearnkitError(
             f"{type(model).__name__} has no Conv2d or Linear layer besides the classifier head to put LoRA on.")
     if targets is None:
-        skipped = unsupported_attention(model)
-        if skipped:
-            raise UnlearnkitError(
-                f"LoRA cannot adapt the attention {skipped[0]!r}: an nn.MultiheadAttention with kdim/vdim other "
-                "than embed_dim keeps separate q/k/v weights, which unlearnkit does not adapt; give 'targets' "
-                "that leave it out.")
         return list(layers)
     if isinstance(targets, str):
         targets = [targets]

@@ -59,7 +59,7 @@ ATTENTION_TARGETS = [f"blocks.{i}.self_attn.{p}" for i in range(2) for p in ("in
 def test_attention_projections_are_targets_and_get_gradients(torch_vit, digits):
     targets = resolve_targets(torch_vit)
     assert set(ATTENTION_TARGETS) <= set(targets)
-    adapter = add_lora(torch_vit, rank=4, targets=("self_attn.*",))
+    adapter = add_lora(torch_vit, rank=4, targets=("*.self_attn.*",))
     assert adapter.targets == ATTENTION_TARGETS
     # 2 blocks x (in_proj 32->96 + out_proj 32->32) at rank 4, plus the head
     assert adapter.trainable_parameters() == 2 * 4 * ((32 + 96) + (32 + 32)) + 330
