@@ -1,60 +1,66 @@
-"""LoRA adapters through peft: wrap a classifier, train the adapters, merge them back.
+"""LoRA adapters (our own small implementation): wrap a classifier, train the adapters, merge them back.
 
-``add_lora(model, rank=..., alpha=..., targets=...)`` injects peft LoRA layers
-into ``model`` *in place* (no ``PeftModel`` wrapper: the object keeps its class)
-and returns a ``LoraAdapter`` handle::
+``add_lora(model, rank=..., alpha=..., targets=...)`` puts LoRA on ``model``'s layers
+*in place* (the object keeps its class) and returns a ``LoraAdapter`` handle::
 
     adapter = add_lora(model)              # every Conv2d / Linear but the head
     ...train model (only adapters + head have requires_grad)...
     model = adapter.merge(masks=pruning.masks)   # plain module, adapters folded in
 
-Choices that are ours (LoRA itself: Hu et al. 2021, arXiv 2106.09685; defaults
-from PruneLoRA, arXiv 2411.11907):
+A target layer computes ``W x + s * B A x`` with ``s = alpha / rank``, ``A`` (rank x
+fan-in, Kaiming-uniform) and ``B`` (out x rank, zeros), as in LoRA (Hu et al. 2021,
+arXiv 2106.09685) and peft. For a Conv2d, ``A`` is a conv with the base layer's kernel,
+stride, padding and dilation to ``rank`` channels and ``B`` a 1x1 conv (peft's layout).
+Defaults from PruneLoRA (arXiv 2411.11907) and its reference code.
+
+Choices that are ours:
 
 - Default targets: every ``nn.Conv2d`` and ``nn.Linear`` except the classifier
-  head (``unlearnkit.models.classifier_head``). For ``vit_tiny`` that is q, k, v,
-  proj, fc1, fc2 of every block *and* the patch-embedding conv: one uniform rule
-  for every model (the paper's ViT adapters sit on the attention projections only;
-  pass ``targets=("q", "k", "v", "proj")`` for that).
+  head (``unlearnkit.models.classifier_head``), and the two projections of every
+  ``nn.MultiheadAttention`` (``<name>.in_proj_weight`` and ``<name>.out_proj``).
+  torch's attention reads those weights directly (its ``out_proj`` module is never
+  called), so there the adapter is a parametrization of the weight
+  (``W + s * B A`` recomputed at every use), which the fused and the plain
+  attention paths both see.
 - Default rank: 16 (alpha 32) for transformer-like models, 8 (alpha 16) for
   CNNs. A model is transformer-like when it has no ``Conv2d`` other than a patch
   embedding (a conv whose stride equals its kernel size, with no padding); so an
   MLP counts as transformer-like. ``alpha`` defaults to ``2 * rank``.
-- The head is trained fully by keeping ``requires_grad=True`` on it, not with
-  peft's ``modules_to_save`` (which would wrap it and change the state-dict keys).
-- A target string selects the Conv2d/Linear layers whose full name equals it,
-  ends with ``"." + target`` (peft's rule) or matches it as a shell pattern
+- Rank above a layer's width: a layer whose weight has rank at most
+  ``min(out, fan_in)`` gets that rank instead (a higher one only adds parameters);
+  the scaling stays ``alpha / rank`` of the requested rank. A rank above every
+  target's limit is an error.
+- Two ways to compute the same function, chosen per layer by their cost: the
+  low-rank path (``base(x) + s * B(A(dropout(x)))``: no weight gradient for the
+  frozen base) when ``3 r (fan_in + out) < out * fan_in`` multiply-adds per output
+  position, else the merged-weight path (one layer call with ``W + s * B A``, whose
+  weight gradient reaches A and B). The merged path has no dropout, so with
+  ``dropout > 0`` every unmasked layer takes the low-rank path.
+- The head is trained fully (``requires_grad=True``); everything else is frozen.
+- A target string selects the layers whose full name equals it, ends with
+  ``"." + target`` (peft's rule) or matches it as a shell pattern
   (``"blocks.*.attn.q"``). Every target must select at least one layer.
-- ``merge(masks)`` folds the adapters in with peft's ``merge_and_unload``
-  (safe merge: non-finite deltas are an error) and then puts back, bit for bit,
-  every entry a mask marks as pruned (False), so merging a LoRA delta into a
-  pruned layer never un-prunes it.
+- ``merge(masks)`` folds the adapters in (a non-finite delta is an error), puts the
+  original modules back (state-dict keys unchanged) and then restores, bit for bit,
+  every entry a mask marks as pruned (False), so merging never un-prunes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
-import functools
-import re
+import math
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from .errors import UnlearnkitError
 from .models.registry import classifier_head
 
 LORA_LAYER_TYPES = (nn.Linear, nn.Conv2d)
-
-
-def _import_peft():
-    try:
-        import peft
-    except ImportError:  # pragma: no cover - peft is a core dependency
-        raise UnlearnkitError("LoRA methods need peft; pip install 'peft>=0.13'.") from None
-    return peft
 
 
 def _head_name(model: nn.Module) -> str | None:
@@ -83,17 +89,67 @@ def default_rank(model: nn.Module) -> tuple[int, float]:
     return (16, 32.0) if is_transformer_like(model) else (8, 16.0)
 
 
-def candidate_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every Linear / ungrouped Conv2d by name, except the classifier head (and anything inside it)."""
+class WeightSite:
+    """One weight LoRA can adapt: ``owner.<param>`` (a Linear/Conv2d's ``weight`` or an attention projection)."""
+
+    def __init__(self, owner: nn.Module, param: str, called: bool, plain_name: str = ""):
+        self.owner, self.param = owner, param
+        self.called = called  # False: the owner's forward is bypassed (attention), so parametrize the weight
+        self.plain_name = plain_name  # the weight's name in the un-adapted model's named_parameters()
+        self.param_order = list(owner._parameters)  # restored after a parametrization is removed
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.owner, self.param)
+
+    def max_rank(self) -> int:
+        w = self.weight
+        return min(w.shape[0], w[0].numel())
+
+    def describe(self) -> str:
+        w = self.weight
+        if isinstance(self.owner, nn.Conv2d):
+            kh, kw = self.owner.kernel_size
+            return f"Conv2d {w.shape[1]}->{w.shape[0]} {kh}x{kw}"
+        return f"{type(self.owner).__name__} {w.shape[1]}->{w.shape[0]}"
+
+
+def _attention_sites(name: str, mha: nn.MultiheadAttention) -> dict[str, WeightSite]:
+    if not mha._qkv_same_embed_dim:
+        return {}  # separate q/k/v weights (kdim/vdim != embed_dim): not supported, see unsupported_attention
+    prefix = f"{name}." if name else ""
+    return {f"{prefix}in_proj_weight": WeightSite(mha, "in_proj_weight", False, f"{prefix}in_proj_weight"),
+            f"{prefix}out_proj": WeightSite(mha.out_proj, "weight", False, f"{prefix}out_proj.weight")}
+
+
+def weight_sites(model: nn.Module) -> dict[str, WeightSite]:
+    """Every adaptable weight by name, except the classifier head (and anything inside it)."""
     head = _head_name(model)
-    out = {}
+    attention_outputs = set()
+    out: dict[str, WeightSite] = {}
     for name, module in model.named_modules():
-        if not isinstance(module, LORA_LAYER_TYPES) or getattr(module, "groups", 1) != 1:
-            continue  # peft cannot merge LoRA into grouped convs
         if head is not None and (name == head or name.startswith(head + ".")):
             continue
-        out[name] = module
+        if isinstance(module, nn.MultiheadAttention):
+            sites = _attention_sites(name, module)
+            attention_outputs.add(f"{name}.out_proj" if name else "out_proj")
+            out.update(sites)
+        elif isinstance(module, LORA_LAYER_TYPES) and name not in attention_outputs:
+            if getattr(module, "groups", 1) != 1:
+                continue  # a grouped conv's weight is not one matrix: no B A of its shape
+            out[name] = WeightSite(module, "weight", True, f"{name}.weight")
     return out
+
+
+def unsupported_attention(model: nn.Module) -> list[str]:
+    """nn.MultiheadAttention modules with separate q/k/v weights, which LoRA does not adapt."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.MultiheadAttention) and not m._qkv_same_embed_dim]
+
+
+def candidate_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules owning the adaptable weights, by target name."""
+    return {n: s.owner for n, s in weight_sites(model).items()}
 
 
 def _matches(name: str, target: str) -> bool:
@@ -101,8 +157,14 @@ def _matches(name: str, target: str) -> bool:
 
 
 def resolve_targets(model: nn.Module, targets: Sequence[str] | None = None) -> list[str]:
-    """Full names of the layers LoRA goes on; an error when a target selects nothing."""
-    layers = candidate_layers(model)
+    """Full names of the weights LoRA goes on; an error when a target selects nothing."""
+    layers = weight_sites(model)
+    skipped = unsupported_attention(model) if targets is None else []
+    if skipped:
+        raise UnlearnkitError(
+            f"LoRA cannot adapt the attention {skipped[0]!r}: an nn.MultiheadAttention with kdim/vdim other "
+            "than embed_dim keeps separate q/k/v weights, which unlearnkit does not adapt; give 'targets' "
+            "that leave it out.")
     if not layers:
         raise UnlearnkitError(
             f"{type(model).__name__} has no Conv2d or Linear layer besides the classifier head to put LoRA on.")
@@ -124,35 +186,135 @@ def resolve_targets(model: nn.Module, targets: Sequence[str] | None = None) -> l
     return [n for n in layers if any(_matches(n, t) for t in targets)]
 
 
+def layer_rank(site_or_layer, rank: int) -> int:
+    """The rank a layer gets: the requested one, at most the rank its weight can have."""
+    site = site_or_layer if isinstance(site_or_layer, WeightSite) else WeightSite(site_or_layer, "weight", True)
+    return min(rank, site.max_rank())
+
+
 def lora_parameter_count(layers: dict[str, nn.Module], rank: int) -> int:
-    """Adapter parameters peft creates for these layers: r*(in+out) per Linear, r*(in*kh*kw + out) per Conv2d."""
+    """Adapter parameters for these layers: r*(in+out) per Linear, r*(in*kh*kw + out) per Conv2d (r clamped)."""
     total = 0
     for m in layers.values():
-        if isinstance(m, nn.Linear):
-            total += rank * (m.in_features + m.out_features)
-        else:  # lora_A = Conv2d(in, r, k, stride, padding), lora_B = 1x1 Conv2d(r, out)
-            kh, kw = m.kernel_size
-            total += rank * (m.in_channels * kh * kw + m.out_channels)
+        site = m if isinstance(m, WeightSite) else WeightSite(m, "weight", True)
+        w = site.weight
+        total += layer_rank(site, rank) * (w[0].numel() + w.shape[0])
     return total
 
 
-class LoraAdapter:
-    """Handle on a model with peft LoRA layers injected in place."""
+class LowRankDelta(nn.Module):
+    """The factors of ``s * B A`` for one weight of shape (out, in, *kernel), optionally masked."""
 
-    def __init__(self, model: nn.Module, tuner, targets: list[str], rank: int, alpha: float, dropout: float,
-                 params: dict[str, nn.Parameter]):
+    def __init__(self, weight: torch.Tensor, rank: int, scaling: float):
+        super().__init__()
+        out, rest = weight.shape[0], tuple(weight.shape[1:])
+        kw = dict(device=weight.device, dtype=weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty((rank,) + rest, **kw))
+        self.lora_B = nn.Parameter(torch.zeros((out, rank) + (1,) * (len(rest) - 1), **kw))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scaling = scaling
+        self.enabled = True
+        self.keep: torch.Tensor | None = None  # weight-shaped bool mask, or None
+        self.keep_rows: torch.Tensor | None = None  # (out,) float 0/1 when the mask prunes whole output rows
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.lora_B.shape[0],) + tuple(self.lora_A.shape[1:]))
+
+    def delta(self) -> torch.Tensor:
+        """``s * B A`` (masked) in the weight's shape."""
+        d = (self.lora_B.flatten(1) @ self.lora_A.flatten(1)).view(self.shape) * self.scaling
+        return d if self.keep is None else d * self.keep
+
+    def set_mask(self, keep: torch.Tensor) -> None:
+        keep = keep.to(device=self.lora_A.device, dtype=torch.bool)
+        rows = keep.flatten(1)
+        self.keep = keep
+        whole_rows = bool((rows.all(1) == rows.any(1)).all())
+        self.keep_rows = rows[:, 0].to(self.lora_A.dtype) if whole_rows else None
+
+
+class LoraLayer(nn.Module):
+    """A Linear or Conv2d (``base_layer``) plus a low-rank update (``lora``)."""
+
+    def __init__(self, base: nn.Module, rank: int, scaling: float, dropout: float):
+        super().__init__()
+        self.base_layer = base
+        self.lora = LowRankDelta(base.weight, rank, scaling)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv = isinstance(base, nn.Conv2d)
+        zero_padding = not self.conv or base.padding_mode == "zeros"
+        self.low_rank = zero_padding and (dropout > 0 or _low_rank_is_cheaper(base.weight, rank))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The adapted weight, for code that reads a layer's weight instead of calling it (torch's fused
+        TransformerEncoderLayer path reads ``linear1.weight``)."""
+        return self.base_layer.weight + self.lora.delta() if self.lora.enabled else self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d, base = self.lora, self.base_layer
+        if not d.enabled:
+            return base(x)
+        if not self.low_rank or (d.keep is not None and d.keep_rows is None):
+            return self._call_with_weight(x, base.weight + d.delta())
+        update = self._low_rank_update(self.dropout(x))
+        if d.keep_rows is not None:
+            update = update * (d.keep_rows.view(-1, 1, 1) if self.conv else d.keep_rows)
+        return base(x) + update
+
+    def _low_rank_update(self, x: torch.Tensor) -> torch.Tensor:
+        d, base = self.lora, self.base_layer
+        if self.conv:
+            z = F.conv2d(x, d.lora_A, None, base.stride, base.padding, base.dilation)
+            return F.conv2d(z, d.lora_B) * d.scaling
+        return F.linear(F.linear(x, d.lora_A), d.lora_B) * d.scaling
+
+    def _call_with_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        if self.conv:
+            return base._conv_forward(x, weight, base.bias)
+        return F.linear(x, weight, base.bias)
+
+
+def _low_rank_is_cheaper(weight: torch.Tensor, rank: int) -> bool:
+    """Multiply-adds per output position: A and B forward + both backward passes vs the base weight gradient."""
+    out, fan_in = weight.shape[0], weight[0].numel()
+    return 3 * rank * (fan_in + out) < out * fan_in
+
+
+class WeightPlusDelta(nn.Module):
+    """Parametrization ``W -> W + s * B A`` for weights the owner's forward reads directly (attention)."""
+
+    def __init__(self, delta: LowRankDelta):
+        super().__init__()
+        self.lora = delta
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.lora.delta() if self.lora.enabled else weight
+
+
+class LoraAdapter:
+    """Handle on a model with LoRA put on in place."""
+
+    def __init__(self, model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float,
+                 params: dict[str, nn.Parameter], sites: dict[str, WeightSite], deltas: dict[str, LowRankDelta]):
         self.model = model
-        self.tuner = tuner
         self.targets = targets
         self.rank = rank
         self.alpha = alpha
         self.dropout = dropout
         self._plain_params = params  # parameter objects by their plain (unwrapped) names
-        self._hooks: list = []
+        self._sites = sites
+        self.deltas = deltas
         self.merged = False
 
     def lora_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.model.named_parameters() if ".lora_" in n]
+        return [p for d in self.deltas.values() for p in (d.lora_A, d.lora_B)]
 
     def trainable_parameters(self) -> int:
         """Parameters with requires_grad while the adapter is on (adapters + head)."""
@@ -162,40 +324,42 @@ class LoraAdapter:
         """What rank and targets imply: the LoRA factors of every target plus the whole head."""
         head = _head_name(self.model)
         head_params = sum(p.numel() for p in self.model.get_submodule(head).parameters()) if head else 0
-        return lora_parameter_count(self.base_layers(), self.rank) + head_params
+        return lora_parameter_count(self._sites, self.rank) + head_params
+
+    def clamped_layers(self) -> dict[str, int]:
+        """Targets whose rank was lowered to their weight's rank: name -> rank used."""
+        return {n: d.lora_A.shape[0] for n, d in self.deltas.items() if d.lora_A.shape[0] < self.rank}
 
     def base_layers(self) -> dict[str, nn.Module]:
-        """The adapted layers (the original modules peft wraps), by name."""
-        return {n: self.model.get_submodule(n).get_base_layer() for n in self.targets}
+        """The modules owning the adapted weights, by target name."""
+        return {n: s.owner for n, s in self._sites.items()}
 
     def enforce_masks(self, masks: dict[str, torch.Tensor]) -> int:
-        """Train the adapter as it will be merged: in a masked target layer, the weight used in the
-        forward pass is ``W + mask * delta`` (so pruned entries get no update through the adapter).
-        Returns the number of layers affected. LoRA dropout is not applied in those layers."""
+        """Train the adapter as it will be merged: in a masked target, the weight used in the forward pass is
+        ``W + mask * delta`` (so pruned entries get no update through the adapter). Returns the number of
+        targets affected."""
         count = 0
-        for name in self.targets:
-            keep = masks.get(f"{name}.weight")
+        for name, site in self._sites.items():
+            keep = masks.get(site.plain_name)
             if keep is None or bool(keep.all()):
                 continue
-            layer = self.model.get_submodule(name)
-            keep = keep.to(device=layer.get_base_layer().weight.device, dtype=torch.bool)
-            self._hooks.append(layer.register_forward_hook(functools.partial(_masked_delta_forward, keep=keep)))
+            self.deltas[name].set_mask(keep)
             count += 1
         return count
 
     def remove_hooks(self) -> None:
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks.clear()
+        """Kept for callers of the earlier peft-based adapter: there are no hooks to remove."""
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[nn.Module]:
         """Inside, the model computes the original (un-adapted) function."""
-        self.tuner.disable_adapter_layers()
+        for d in self.deltas.values():
+            d.enabled = False
         try:
             yield self.model
         finally:
-            self.tuner.enable_adapter_layers()
+            for d in self.deltas.values():
+                d.enabled = True
 
     @torch.no_grad()
     def merge(self, masks: dict[str, torch.Tensor] | None = None) -> nn.Module:
@@ -206,53 +370,81 @@ class LoraAdapter:
         unknown = sorted(set(masks) - set(self._plain_params))
         if unknown:
             raise UnlearnkitError(f"Masks name parameters the model does not have: {unknown[:3]}.")
-        self.remove_hooks()
+        bad = [n for n, d in self.deltas.items() if not torch.isfinite(d.delta()).all()]
+        if bad:
+            raise UnlearnkitError(f"Cannot merge the LoRA adapter: non-finite update in {bad[:3]}.")
         frozen = {n: self._plain_params[n].detach().clone() for n in masks}
-        try:
-            model = self.tuner.merge_and_unload(safe_merge=True)
-        except ValueError as exc:  # peft: NaNs detected in the merged weights
-            raise UnlearnkitError(f"Cannot merge the LoRA adapter: {exc}".splitlines()[0]) from None
+        for name, site in self._sites.items():
+            self._fold(name, site)
         self.merged = True
-        params = dict(model.named_parameters())
+        params = dict(self.model.named_parameters())
         for name, keep in masks.items():
             p = params[name]
             p.copy_(torch.where(keep.to(device=p.device, dtype=torch.bool), p, frozen[name].to(p.device)))
-        for p in model.parameters():
+        for p in self.model.parameters():
             p.requires_grad_(True)
-        return model
+        return self.model
+
+    def _fold(self, name: str, site: WeightSite) -> None:
+        delta = self.deltas[name].delta()
+        if site.called:
+            parent, _, child = name.rpartition(".")
+            owner = self.model.get_submodule(parent) if parent else self.model
+            setattr(owner, child, site.owner)  # the LoraLayer wrapper goes, the original module comes back
+            site.weight.add_(delta)
+        else:
+            order = site.param_order
+            parametrize.remove_parametrizations(site.owner, site.param, leave_parametrized=False)
+            site.weight.add_(delta)
+            params = site.owner._parameters  # removal re-adds the weight last: put it back where it was
+            for key in sorted(params, key=lambda k: order.index(k) if k in order else len(order)):
+                params[key] = params.pop(key)
 
 
-def _masked_delta_forward(layer, inputs, output, *, keep: torch.Tensor):
-    if layer.disable_adapters or layer.merged:
-        return output
-    base = layer.get_base_layer()
-    delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
-    weight = base.weight + delta * keep
-    if isinstance(base, nn.Conv2d):
-        return base._conv_forward(inputs[0], weight, base.bias)
-    return F.linear(inputs[0], weight, base.bias)
+def _check_rank(rank, sites: dict[str, WeightSite]) -> None:
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise UnlearnkitError(f"The 'rank' parameter must be an int >= 1 (or None for auto). Got {rank!r} instead.")
+    if rank is None:
+        return
+    widest = max(sites.items(), key=lambda kv: kv[1].max_rank())
+    if rank > widest[1].max_rank():
+        raise UnlearnkitError(
+            f"The 'rank' parameter ({rank}) is above the rank of every target weight: the largest is "
+            f"{widest[1].max_rank()} ({widest[0]!r}, {widest[1].describe()}); use a rank <= {widest[1].max_rank()}.")
 
 
 def add_lora(model: nn.Module, *, rank: int | None = None, alpha: float | None = None, dropout: float = 0.0,
              targets: Sequence[str] | None = None, train_head: bool = True) -> LoraAdapter:
-    """Inject LoRA into ``model`` in place; freeze everything but the adapters (and the head)."""
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise UnlearnkitError(f"The 'rank' parameter must be an int >= 1 (or None for auto). Got {rank!r} instead.")
-    if getattr(model, "peft_config", None) is not None:
-        raise UnlearnkitError(f"{type(model).__name__} already carries peft adapters; merge them first.")
-    auto_rank, _ = default_rank(model)
-    rank = auto_rank if rank is None else rank
-    alpha = 2.0 * rank if alpha is None else float(alpha)
+    """Put LoRA on ``model`` in place; freeze everything but the adapters (and the head)."""
+    if any(isinstance(m, (LoraLayer, WeightPlusDelta)) for m in model.modules()):
+        raise UnlearnkitError(f"{type(model).__name__} already carries LoRA adapters; merge them first.")
+    if not 0 <= dropout < 1:
+        raise UnlearnkitError(f"The 'dropout' parameter must be a float in [0, 1). Got {dropout!r} instead.")
     names = resolve_targets(model, targets)
-    peft = _import_peft()
+    all_sites = weight_sites(model)
+    sites = {n: all_sites[n] for n in names}
+    _check_rank(rank, sites)
+    rank = default_rank(model)[0] if rank is None else rank
+    alpha = 2.0 * rank if alpha is None else float(alpha)
     plain = dict(model.named_parameters())
     for p in model.parameters():
         p.requires_grad_(False)
-    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                             target_modules="^(" + "|".join(re.escape(n) for n in names) + ")$")
-    tuner = peft.LoraModel(model, config, "default")
+    deltas = {name: _attach(model, name, site, rank, alpha / rank, dropout) for name, site in sites.items()}
     head = _head_name(model)
     if train_head and head is not None:
         for p in model.get_submodule(head).parameters():
             p.requires_grad_(True)
-    return LoraAdapter(model, tuner, names, rank, alpha, dropout, plain)
+    return LoraAdapter(model, names, rank, alpha, dropout, plain, sites, deltas)
+
+
+def _attach(model: nn.Module, name: str, site: WeightSite, rank: int, scaling: float,
+            dropout: float) -> LowRankDelta:
+    r = layer_rank(site, rank)
+    if site.called:
+        wrapper = LoraLayer(site.owner, r, scaling, dropout)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, wrapper)
+        return wrapper.lora
+    delta = LowRankDelta(site.weight, r, scaling)
+    parametrize.register_parametrization(site.owner, site.param, WeightPlusDelta(delta))
+    return delta

@@ -3,8 +3,10 @@
 From "LoRA Unlearns More and Retains More" (Kumar et al., arXiv 2411.11907):
 LoRA adapters on the backbone (rank 8 / alpha 16 on the convs of a ResNet, rank 16
 / alpha 32 on a ViT), the classifier head fully trainable, everything else frozen,
-then fine-tuning on D_r (Adam, lr 1e-3, batch 128, 5 epochs). Built on peft
-(``unlearnkit.lora``). Unlike the paper's reference code, the adapter is always
+then fine-tuning on D_r (Adam, lr 1e-3, batch 128, 5 epochs). Adapters from
+``unlearnkit.lora``. LoRA dropout defaults to 0.0 where the reference code uses 0.1:
+on CPU the dropout mask over every adapted layer's input doubled the step time of
+ResNet-20 (docs/methods/lora.md, "Cost"); ``dropout=0.1`` gives the reference setting. Unlike the paper's reference code, the adapter is always
 merged at the end: the returned model is a plain module of the input's class
 whose state-dict keys equal the input's.
 
@@ -49,7 +51,7 @@ class LoraAdapterConfig(TrainingConfig):
 
     rank: int | None = field(None, "LoRA rank; None = 8 for CNNs, 16 for transformer-like models.")
     alpha: float | None = field(None, "LoRA alpha (the update is scaled by alpha / rank); None = 2 x rank.")
-    dropout: float = field(0.0, "Dropout on the LoRA input.")
+    dropout: float = field(0.0, "Dropout on the LoRA input (the PruneLoRA reference uses 0.1; see docs for the cost).")
     targets: tuple[str, ...] | None = field(
         None, "Layer names (or suffixes, or shell patterns) to adapt; None = every Conv2d/Linear but the head.")
 
@@ -94,14 +96,16 @@ class LoraMethod(Method):
 
     def _add_adapter(self, model: nn.Module) -> LoraAdapter:
         c = self.config
-        param_mask = ParamMask(model, self.masks) if self.masks else None
         adapter = add_lora(model, rank=c.rank, alpha=c.alpha, dropout=c.dropout, targets=c.targets)
         masked_layers = adapter.enforce_masks(self.masks) if self.masks else 0
-        self.adapter, self.param_mask = adapter, param_mask
+        # frozen base weights need no guard; a mask on a trainable parameter (the head) still does
+        params = dict(model.named_parameters())
+        guarded = {n: m for n, m in (self.masks or {}).items() if n in params and params[n].requires_grad}
+        self.adapter, self.param_mask = adapter, (ParamMask(model, guarded) if guarded else None)
         self.info.update({
             "lora_rank": adapter.rank, "lora_alpha": adapter.alpha, "lora_targets": len(adapter.targets),
             "lora_trainable_parameters": adapter.trainable_parameters(),
-            "lora_masked_layers": masked_layers,
+            "lora_masked_layers": masked_layers, "lora_clamped_layers": adapter.clamped_layers(),
         })
         return adapter
 
@@ -123,11 +127,7 @@ class LoraMethod(Method):
         return model
 
     def _unlearn(self, model, retain, forget):
-        try:
-            self.train_epochs(model, retain, self._step_fn(model, forget), mask=self.param_mask)
-        except BaseException:
-            self.adapter.remove_hooks()
-            raise
+        self.train_epochs(model, retain, self._step_fn(model, forget), mask=self.param_mask)
         return self._merge()
 
     def _step_fn(self, model: nn.Module, forget):

@@ -10,12 +10,12 @@ Choices that are ours:
 
 - Pruning covers every Conv2d and Linear except the head (``unlearnkit.pruning``
   defaults), the same layers LoRA adapts by default.
-- The mask is applied to the LoRA update *during training* as well: in a pruned
-  target layer the forward pass uses ``W + mask * (B A) * alpha/r`` (a forward hook
-  computes the layer with that weight), so the adapter is trained for exactly the
-  function that the merged model computes; the merge then restores every pruned
-  entry bit for bit. Base weights are frozen; a ``ParamMask`` still guards any
-  trainable parameter that carries a mask.
+- The mask is applied to the LoRA update *during training* as well: a pruned target
+  computes ``W + mask * (B A) * alpha/r`` (``unlearnkit.lora.LowRankDelta.set_mask``;
+  for whole pruned filters as a mask on the adapter's output channels), so the adapter
+  is trained for exactly the function that the merged model computes; the merge then
+  restores every pruned entry bit for bit. Base weights are frozen; a ``ParamMask``
+  guards only a trainable parameter that carries a mask.
 - The forget term options of ``lora`` (``forget_loss``) are available too.
 """
 

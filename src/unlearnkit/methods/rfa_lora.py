@@ -1,4 +1,4 @@
-"""Residual Feature Alignment with LoRA (RFA; Li et al., arXiv 2411.08443) -- a reconstruction.
+"""Residual Feature Alignment with LoRA (RFA; Qin, Zhu, Wang and Zhou, arXiv 2411.08443) -- a reconstruction.
 
 Idea (paper): with LoRA, each aligned layer's feature is the pre-trained feature
 plus a *residual* feature contributed by the adapters. Unlearning drives the
@@ -15,7 +15,7 @@ Every detail below is OURS (the paper does not fix them):
   conv/linear block's output (SmallCNN, MLP); else the input of the classifier
   head. ``layers=("layer2", "layer3")`` picks modules by name.
 - **Original features** come from the same network with the adapters disabled
-  (peft ``disable_adapter_layers``), computed without gradients on the same batch.
+  (``LoraAdapter.disabled``), computed without gradients on the same batch.
 - **Mode**: the model runs in eval mode throughout (BatchNorm uses its running
   statistics and they are not updated), so "original feature" is exactly the
   input model's feature; LoRA dropout is therefore inactive.

@@ -1,0 +1,147 @@
+"""Per-epoch cost of finetune, lora, prune_lora and rfa_lora, side by side on one model and data.
+
+Same model (resnet20 or vit_tiny, CIFAR-sized), same data (random uint8 32x32x3
+images, 10% of them the forget set), same batch size, one epoch each; every
+method runs in its own fresh process (``--inner``), so the peak memory of one
+does not leak into another's. Reported per method: the training epoch's
+seconds (``unlearn`` minus ``prepare``; the merge is included), the prepare
+seconds (adapter injection, pruning, RFA's class means), and the peak resident
+memory above what the process held before the method started (model, data and
+the imported libraries excluded).
+
+    python benchmarks/lora_cost.py                        # both models, ~3 minutes on 1 thread
+    python benchmarks/lora_cost.py --models resnet20 --n 512 --repeats 3 --set dropout=0.1
+    python benchmarks/lora_cost.py --dropout-steps        # step time of LoRA dropout 0.0 vs 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+METHODS = ("finetune", "lora", "prune_lora", "rfa_lora")
+
+
+def run_one(model_name: str, method: str, n: int, batch_size: int, threads: int, lora_options: dict) -> dict:
+    import torch
+
+    import unlearnkit as uk
+    from unlearnkit.data import ArrayDataset
+    from unlearnkit.progress import set_progress
+    from unlearnkit.utils import PeakMemory, _rss_bytes
+
+    torch.set_num_threads(threads)
+    set_progress(False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    n_forget = n // 10
+    forget = ArrayDataset(x[:n_forget], y[:n_forget], scale=255.0)
+    retain = ArrayDataset(x[n_forget:], y[n_forget:], scale=255.0)
+    torch.manual_seed(0)
+    model = uk.create_model(model_name, num_classes=10, in_channels=3, image_size=32)
+    options = dict(epochs=1, batch_size=batch_size, device="cpu", **(lora_options if method != "finetune" else {}))
+    # warm-up on a few samples through the same code paths, so lazy initialisation is not timed
+    uk.unlearn(model, ArrayDataset(x[n_forget:n_forget + 32], y[n_forget:n_forget + 32], scale=255.0), forget,
+               method, **options)
+    before = _rss_bytes()
+    with PeakMemory() as mem:
+        r = uk.unlearn(model, retain, forget, method, **options)
+    return {"model": model_name, "method": method, "epoch_s": r.seconds - r.prepare_seconds,
+            "prepare_s": r.prepare_seconds, "peak_mb": (mem.cpu_bytes - before) / 2 ** 20,
+            "trainable": r.trainable_params, "total": r.total_params, "sample_passes": r.sample_passes}
+
+
+def dropout_steps(model_name: str, threads: int, rounds: int = 3) -> None:
+    """Seconds per training step (batch 64): full fine-tuning vs LoRA with dropout 0.0 and 0.1, interleaved."""
+    import copy
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    import unlearnkit as uk
+    from unlearnkit.lora import add_lora
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    base = uk.create_model(model_name, num_classes=10, in_channels=3, image_size=32)
+    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    runs = {}
+    for kind in ("finetune", "lora dropout 0.0", "lora dropout 0.1"):
+        model = copy.deepcopy(base)
+        if kind != "finetune":
+            add_lora(model, dropout=float(kind.rsplit(" ", 1)[1]))
+        model.train()
+        runs[kind] = (model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-3), [])
+
+    def step(model, opt) -> float:
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+
+    for model, opt, _ in runs.values():
+        step(model, opt)  # warm-up
+    for _ in range(rounds):
+        for model, opt, times in runs.values():
+            times.append(step(model, opt))
+    print(model_name, ", ".join(f"{k}: {statistics.median(t):.3f} s/step" for k, (_, _, t) in runs.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet20,vit_tiny")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--n", type=int, default=320, help="number of 32x32x3 images (10%% forget)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per method (median taken)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the LoRA methods, e.g. --set dropout=0.0 (repeatable)")
+    parser.add_argument("--dropout-steps", action="store_true",
+                        help="only time single steps of finetune vs LoRA with dropout 0.0 / 0.1 (batch 64)")
+    parser.add_argument("--inner", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        lora_options = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+        print(json.dumps(run_one(*args.inner, args.n, args.batch_size, args.threads, lora_options)))
+        return
+    if args.dropout_steps:
+        for model_name in args.models.split(","):
+            dropout_steps(model_name, args.threads)
+        return
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), UNLEARNKIT_QUIET="1")
+    shown = f", LoRA options {' '.join(args.set)}" if args.set else ""
+    print(f"{args.n} random images 3x32x32 ({args.n // 10} forget), batch {args.batch_size}, "
+          f"{args.threads} torch thread(s), 1 epoch, median of {args.repeats} process(es) per method{shown}")
+    print(f"| model | method | epoch s | x finetune | prepare s | peak MB | trainable |")
+    print("|---|---|---|---|---|---|---|")
+    methods = args.methods.split(",")
+    for model_name in args.models.split(","):
+        runs: dict[str, list[dict]] = {m: [] for m in methods}
+        for _ in range(args.repeats):  # round-robin, so drifting machine load hits every method alike
+            for method in methods:
+                out = subprocess.run([sys.executable, __file__, "--inner", model_name, method, "--n", str(args.n),
+                                      "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+                                      *[f"--set={item}" for item in args.set]],
+                                     env=env, check=True, capture_output=True, text=True)
+                runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        base = statistics.median(r["epoch_s"] for r in runs["finetune"]) if "finetune" in runs else None
+        for method in methods:
+            row = dict(runs[method][0])
+            for key in ("epoch_s", "prepare_s", "peak_mb"):
+                row[key] = statistics.median(r[key] for r in runs[method])
+            ratio = f"{row['epoch_s'] / base:.2f}" if base else "-"
+            print(f"| {model_name} | {method} | {row['epoch_s']:.2f} | {ratio} | {row['prepare_s']:.2f} | "
+                  f"{row['peak_mb']:.0f} | {row['trainable']:,} / {row['total']:,} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
