@@ -29,9 +29,11 @@ SCRUB_CNN = (dict(epochs=4, max_epochs=2, optimizer="adam", lr=1e-3, forget_batc
 # l1_sparse 0/99.2, 0/93.7; SalUn 0/100, 0/99.0; SCRUB see SCRUB_CNN, vit 0/91.8; SSD 0/99.8, 0/100.
 SETTINGS = {
     "gradient_ascent": (dict(lr=1e-2, epochs=2, batch_size=32), 15.0),
-    "random_label": (dict(epochs=2, batch_size=64), 5.0),
+    # the default 'alternate' path (a forget pass, then a retain pass, per epoch) needs several forget steps
+    # per epoch on digits: measured (cnn, seed 0) 0.0 / 99.3 for RL and 0.0 / 99.7 for SalUn at batch 32, lr 0.05
+    "random_label": (dict(epochs=2, batch_size=32, lr=0.05), 5.0),
     "l1_sparse": (dict(epochs=2, batch_size=64, lr=1e-2, optimizer="adam"), 10.0),
-    "salun": (dict(epochs=2, batch_size=64), 5.0),
+    "salun": (dict(epochs=2, batch_size=32, lr=0.05), 5.0),
     "scrub": (dict(epochs=2, max_epochs=1, optimizer="adam", lr=3e-3, forget_batch_size=16), 12.0),
     "ssd": (dict(), 5.0),
 }

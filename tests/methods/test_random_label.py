@@ -99,11 +99,3 @@ def test_bad_options_are_one_line(field, value, message):
         uk.make_config(method, **{field: value})
 
 
-# Measured on digits, tiny CNN, class 3 (forget / retain / test-retain accuracy %, retrain 0.0 / 100 / 99.0):
-# reference defaults (SGD 0.01, 10 epochs, batch 256): alternate+any 100 / 100 / 99.0 (one forget step per
-# epoch), concat+any 0.0 / 99.9 / 99.0; see docs/methods/baselines.md.
-@pytest.mark.parametrize("method,settings", [
-    ("random_label", dict(mode="alternate", labels="any", **{"ALT": None})),
-])
-def _placeholder(method, settings):  # replaced below once the alternate setting is measured
-    pass
