@@ -42,8 +42,8 @@ def test_explicit_fields_win_and_a_new_preset_resets_the_rest():
 
 
 def test_bad_preset_is_one_clear_line():
-    with pytest.raises(InvalidConfigError, match="The 'preset' parameter of SCRUBConfig must be one of 'small', "
-                                                 "'large'. Got 'huge' instead."):
+    with pytest.raises(InvalidConfigError, match="The 'preset' parameter of SCRUBConfig must be one of 'large', "
+                                                 "'small'. Got 'huge' instead."):
         uk.make_config("scrub", preset="huge")
     with pytest.raises(InvalidConfigError, match="'lr_decay_epochs' parameter of SCRUBConfig must be a list of ints"):
         uk.make_config("scrub", lr_decay_epochs=[0])
