@@ -178,7 +178,7 @@ def test_random_labels_are_wrong_seeded_and_fast(class3):
     ("l1_sparse", "alpha", -1e-4, "The 'alpha' parameter of L1SparseConfig must be a float in the range [0.0, inf)."),
     ("scrub", "temperature", 0.0, "The 'temperature' parameter of SCRUBConfig must be a float in the range (0.0, inf)."),
     ("scrub", "schedule", "cosine", "The 'schedule' parameter of SCRUBConfig must be one of 'constant'. Got 'cosine'"),
-    ("scrub", "max_epochs", 9, "'max_epochs' (9) cannot exceed 'epochs' (5)"),
+    ("scrub", "max_epochs", 11, "'max_epochs' (11) cannot exceed 'epochs' (10)"),
     ("random_label", "include_retain", "yes", "The 'include_retain' parameter of RandomLabelConfig must be a bool."),
     ("gradient_ascent", "lr", 0.0, "The 'lr' parameter of GradientAscentConfig must be a float in the range (0.0, inf)."),
 ])
