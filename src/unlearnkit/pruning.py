@@ -210,3 +210,24 @@ def prune(model: nn.Module, *, kind: str = "l2_structured", ratio: float = 0.5,
         total += m.numel()
     return PruningResult(kind=kind, ratio=ratio, masks=masks, sparsity=sparsity,
                          total_sparsity=pruned / max(total, 1), pruned=pruned, total=total, layers=list(selected))
+
+
+@torch.no_grad()
+def pruning_from_zeros(model: nn.Module, layers: Iterable[str] | None = None,
+                       kind: str = "magnitude_global") -> PruningResult:
+    """The ``PruningResult`` of an already pruned model: its exactly-zero weights in the selected layers are pruned.
+
+    Used to unlearn on a prebuilt sparse model (e.g. OMP's cached sparse original) with the same mask.
+    """
+    selected = _select(model, layers)
+    masks, sparsity, pruned, total = {}, {}, 0, 0
+    for name, module in selected.items():
+        keep = module.weight.detach() != 0
+        masks[_param_name(name, "weight")] = keep
+        p = int((~keep).sum())
+        sparsity[name] = p / keep.numel()
+        pruned += p
+        total += keep.numel()
+    ratio = pruned / max(total, 1)
+    return PruningResult(kind=kind, ratio=ratio, masks=masks, sparsity=sparsity, total_sparsity=ratio,
+                         pruned=pruned, total=total, layers=list(selected))

@@ -24,15 +24,19 @@ BASELINES = ["gradient_ascent", "random_label", "l1_sparse", "salun", "scrub", "
 
 # (config overrides for digits, allowed retain-accuracy drop in points)
 # SCRUB's max-phase is stronger on the BatchNorm CNN: a smaller lr with more epochs (measured 0.7 / 97.6).
-SCRUB_CNN = (dict(epochs=4, max_epochs=2, optimizer="adam", lr=1e-3, forget_batch_size=32), 5.0)
+# OLD_SCRUB: the fields of the former defaults these settings were measured with (the 'small' preset differs).
+OLD_SCRUB = dict(batch_size=128, weight_decay=5e-4, temperature=4.0)
+SCRUB_CNN = (dict(epochs=4, max_epochs=2, optimizer="adam", lr=1e-3, forget_batch_size=32, **OLD_SCRUB), 5.0)
 # Measured (forget / retain %, cnn then vit_tiny): GA 0/91.7, 0/91.2; RL 0/100, 0/99.0;
 # l1_sparse 0/99.2, 0/93.7; SalUn 0/100, 0/99.0; SCRUB see SCRUB_CNN, vit 0/91.8; SSD 0/99.8, 0/100.
 SETTINGS = {
     "gradient_ascent": (dict(lr=1e-2, epochs=2, batch_size=32), 15.0),
-    "random_label": (dict(epochs=2, batch_size=64), 5.0),
+    # the default 'alternate' path (a forget pass, then a retain pass, per epoch) needs several forget steps
+    # per epoch on digits: measured (cnn, seed 0) 0.0 / 99.3 for RL and 0.0 / 99.7 for SalUn at batch 32, lr 0.05
+    "random_label": (dict(epochs=2, batch_size=32, lr=0.05), 5.0),
     "l1_sparse": (dict(epochs=2, batch_size=64, lr=1e-2, optimizer="adam"), 10.0),
-    "salun": (dict(epochs=2, batch_size=64), 5.0),
-    "scrub": (dict(epochs=2, max_epochs=1, optimizer="adam", lr=3e-3, forget_batch_size=16), 12.0),
+    "salun": (dict(epochs=2, batch_size=32, lr=0.05), 5.0),
+    "scrub": (dict(epochs=2, max_epochs=1, optimizer="adam", lr=3e-3, forget_batch_size=16, **OLD_SCRUB), 12.0),
     "ssd": (dict(), 5.0),
 }
 ARCH_SETTINGS = {("scrub", "cnn"): SCRUB_CNN}
@@ -174,7 +178,7 @@ def test_random_labels_are_wrong_seeded_and_fast(class3):
     ("l1_sparse", "alpha", -1e-4, "The 'alpha' parameter of L1SparseConfig must be a float in the range [0.0, inf)."),
     ("scrub", "temperature", 0.0, "The 'temperature' parameter of SCRUBConfig must be a float in the range (0.0, inf)."),
     ("scrub", "schedule", "cosine", "The 'schedule' parameter of SCRUBConfig must be one of 'constant'. Got 'cosine'"),
-    ("scrub", "max_epochs", 9, "'max_epochs' (9) cannot exceed 'epochs' (5)"),
+    ("scrub", "max_epochs", 11, "'max_epochs' (11) cannot exceed 'epochs' (10)"),
     ("random_label", "include_retain", "yes", "The 'include_retain' parameter of RandomLabelConfig must be a bool."),
     ("gradient_ascent", "lr", 0.0, "The 'lr' parameter of GradientAscentConfig must be a float in the range (0.0, inf)."),
 ])

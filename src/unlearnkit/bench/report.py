@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import UnlearnkitError
 from ..utils import atomic_write_bytes, atomic_write_text
-from .runner import ORIGINAL, load_records, scenario_slug
+from .runner import ORIGINAL, is_before_row, load_records, scenario_slug, sparse_original_name
 
 # (column title, metric name, decimals)
 COLUMNS = [("UA", "ua", 2), ("RA", "ra", 2), ("TA", "ta", 2), ("MIA-Eff.", "mia_efficacy", 2),
@@ -81,19 +81,29 @@ def summarise(records: list[dict]) -> dict[str, Any]:
         rte = retrain.get("rte_seconds", {}).get("mean")
         for name, m in s["methods"].items():
             t = m["agg"].get("rte_seconds", {}).get("mean")
-            m["speedup"] = (rte / t) if (rte and t and name != ORIGINAL) else None
+            m["speedup"] = (rte / t) if (rte and t and not is_before_row(name)) else None
     return scenarios
 
 
+def _label(name: str) -> str:
+    """Row label: the models before unlearning say so (the original, a method's sparse original)."""
+    if name == ORIGINAL:
+        return "original (before)"
+    if is_before_row(name):
+        return name.replace("_sparse_original", " sparse original (before)")
+    return name
+
+
 def _order(methods: dict, config_order: list[str]) -> list[str]:
-    first = [n for n in (ORIGINAL, "retrain") if n in methods]
+    sparse = [sparse_original_name(n) for n in config_order if sparse_original_name(n) in methods]
+    first = [n for n in (ORIGINAL, *sparse, "retrain") if n in methods]
     rest = [n for n in config_order if n in methods and n not in first]
     return first + rest + sorted(n for n in methods if n not in first and n not in rest)
 
 
 def _best(s: dict) -> dict[str, str]:
     """Metric -> the method to print in bold."""
-    candidates = {n: m for n, m in s["methods"].items() if n not in (ORIGINAL, "retrain") and m["agg"]}
+    candidates = {n: m for n, m in s["methods"].items() if not is_before_row(n) and n != "retrain" and m["agg"]}
     ref = s["methods"].get("retrain", {}).get("agg", {})
     best = {}
     for metric in CLOSEST_TO_RETRAIN + LOWEST:
@@ -128,7 +138,7 @@ def table_rows(s: dict, config_order: list[str]) -> tuple[list[str], list[list[t
     for name in _order(s["methods"], config_order):
         m = s["methods"][name]
         agg = m["agg"]
-        label = "original (before)" if name == ORIGINAL else name
+        label = _label(name)
         if not m["runs"]:
             err = m["errors"][0] if m["errors"] else {}
             rows.append([(label, False), (f"error: {err.get('type', '?')}", False)] + [("", False)] * (len(header) - 2))
@@ -174,7 +184,7 @@ def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
     for ax, scen in zip(axes[0], names):
         for meth in _order(summary[scen]["methods"], config_order):
             agg = summary[scen]["methods"][meth]["agg"]
-            if meth == ORIGINAL or "avg_gap" not in agg or "rte_seconds" not in agg:
+            if is_before_row(meth) or "avg_gap" not in agg or "rte_seconds" not in agg:
                 continue
             x, y = max(agg["rte_seconds"]["mean"], 1e-3), agg["avg_gap"]["mean"]
             ax.errorbar(x, y, xerr=agg["rte_seconds"].get("std", 0), yerr=agg["avg_gap"].get("std", 0), fmt="o",
@@ -196,7 +206,7 @@ def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
                 continue
             x, y = agg["forget_acc"]["mean"], agg["ra"]["mean"]
             ax.errorbar(x, y, xerr=agg["forget_acc"].get("std", 0), yerr=agg["ra"].get("std", 0),
-                        fmt="s" if meth in (ORIGINAL, "retrain") else "o", color=color[meth], capsize=2)
+                        fmt="s" if is_before_row(meth) or meth == "retrain" else "o", color=color[meth], capsize=2)
             ax.annotate(meth, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
         ax.set_xlabel("forget-set accuracy (%)")
         ax.set_ylabel("retain-set accuracy (%)")
@@ -219,7 +229,7 @@ def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
             for j in range(grid.shape[1]):
                 ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7,
                         color="white" if grid[i, j] < 60 else "black")
-        ax.set_yticks(range(len(rows)), ["original (before)" if r == ORIGINAL else r for r in rows])
+        ax.set_yticks(range(len(rows)), [_label(r) for r in rows])
         ax.set_xticks(range(grid.shape[1]))
         ax.set_xlabel("class")
         ax.set_title(f"{scen}: per-class test accuracy (%), before and after")
@@ -287,7 +297,7 @@ def _results(out: Path) -> tuple[dict, dict, list[str]]:
     scen_order = cfg.get("scenarios", [])
     if cfg:  # only what the latest config asks for (records of dropped methods or seeds stay on disk)
         records = [r for r in records if r.get("scenario") in scen_order and r.get("seed") in cfg.get("seeds", [])
-                   and (r.get("method") == ORIGINAL or r.get("method") in config_order)]
+                   and (r.get("method") in (ORIGINAL, *config_order, *map(sparse_original_name, config_order)))]
         if not records:
             raise UnlearnkitError(f"{str(out)!r} holds no results for its config {cfg.get('name')!r} yet.")
     summary = summarise(records)

@@ -5,8 +5,10 @@ Layout of an output directory::
     OUT/bench.json                         config, its hash, environment (rewritten each run)
     OUT/cache/originals/<hash>/            original checkpoint per (dataset, model, recipe, seed)
     OUT/cache/oracles/<hash>/              retrain oracle per (original, scenario, retrain config)
+    OUT/cache/sparse_originals/<hash>/     OMP's sparse original per (original, its pruning/retraining fields, seed)
     OUT/results/<scenario>/<method>/seed<k>.json   one record per run (atomic write)
     OUT/results/<scenario>/original/seed<k>.json   the original evaluated on the same request
+    OUT/results/<scenario>/omp_sparse_original/seed<k>.json   OMP's sparse original, evaluated likewise
 
 A result is reused when its stored ``fingerprint`` matches: a hash of the method,
 its config, the scenario, the seed, the original's weights hash, the oracle's
@@ -17,7 +19,10 @@ originals and oracles included. Since each record is written as soon as it is
 done, an interrupted run resumes where it stopped.
 
 The retrain method's record *is* the oracle's run (same config, same seed): the
-oracle is never trained twice.
+oracle is never trained twice. A method with a one-off per-model step (OMP's
+sparse original: the pruned original retrained on all of D) gets it built once,
+cached like the originals and passed to every request; it is evaluated on each
+request as its own "before" row, and its cost is not in the method's run time.
 """
 
 from __future__ import annotations
@@ -40,6 +45,17 @@ from .config import BenchConfig, load_bench_config
 
 RECORD_FORMAT = 1
 ORIGINAL = "original"
+SPARSE_ORIGINAL_SUFFIX = "_sparse_original"
+
+
+def sparse_original_name(method: str) -> str:
+    """The record name of a method's sparse original (e.g. ``omp_sparse_original``)."""
+    return method + SPARSE_ORIGINAL_SUFFIX
+
+
+def is_before_row(name: str) -> bool:
+    """The original or a method's sparse original: models before unlearning, not results of a request."""
+    return name == ORIGINAL or name.endswith(SPARSE_ORIGINAL_SUFFIX)
 
 
 @dataclass
@@ -49,6 +65,7 @@ class RunSummary:
     out: Path
     originals_trained: int = 0
     oracles_trained: int = 0
+    sparse_originals_trained: int = 0
     computed: int = 0
     cached: int = 0
     errors: list[str] = dc_field(default_factory=list)
@@ -56,7 +73,7 @@ class RunSummary:
 
     @property
     def trained_anything(self) -> bool:
-        return bool(self.originals_trained or self.oracles_trained or self.computed)
+        return bool(self.originals_trained or self.oracles_trained or self.sparse_originals_trained or self.computed)
 
 
 def scenario_slug(spec: str) -> str:
@@ -197,6 +214,23 @@ class BenchRunner:
         self.summary.oracles_trained += 1
         return result.model, result
 
+    def sparse_original(self, method: str, config, original, original_meta: dict, original_key: str, seed: int):
+        """(model, facts, key): ``method``'s sparse original, trained once on all of D per original, config and seed."""
+        from ..methods.omp import sparse_original
+        from ..workflow import save_model
+
+        key = stable_hash({"original": original_key, "method": method, "sparse": config.sparse_key(), "seed": seed,
+                           "version": package_version()})
+        path = self.cache / "sparse_originals" / key
+        if not self.overwrite and _is_checkpoint(path):
+            model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
+            return model, meta["sparse_original"], key
+        model, pruning, facts = sparse_original(original, self.splits.train, config, seed=seed, device=str(self.device))
+        facts = {**facts, "pruning": pruning.to_dict()}
+        save_model(path, model, original_meta, {"sparse_original": facts, "bench_key": key})
+        self.summary.sparse_originals_trained += 1
+        return model, facts, key
+
     # -- records ----------------------------------------------------------------------------------
     def _cached(self, path: Path, fingerprint: str) -> dict | None:
         if self.overwrite or not path.is_file():
@@ -290,6 +324,13 @@ class BenchRunner:
             except UnlearnkitError as e:  # registered after the config was loaded, with overrides it rejects
                 config, config_error = None, {"type": type(e).__name__, "message": str(e)}
             config_dict = config.to_dict() if config is not None else c.methods[method]
+            options: dict[str, Any] = {}
+            if config is not None and hasattr(config, "sparse_key"):
+                try:
+                    options["sparse_model"] = self._sparse_row(bar, method, config, original, meta, okey, weights,
+                                                               oracle_id, need_oracle, data, scenario, seed)
+                except Exception as e:  # recorded on the method's row below
+                    config, config_error = None, {"type": type(e).__name__, "message": str(e).splitlines()[0][:500]}
             fp = self._fingerprint(method=method, scenario=scenario, seed=seed, original=weights, oracle=oracle_id,
                                    config=config_dict)
             if self._cached(path, fp) is not None:
@@ -308,7 +349,8 @@ class BenchRunner:
                 continue
             try:
                 oracle_model, oracle_result = need_oracle()
-                record = self._run_method(method, config, original, data, oracle_model, oracle_result, seed)
+                record = self._run_method(method, config, original, data, oracle_model, oracle_result, seed,
+                                          options)
                 self._write(path, self._record(method, scenario, seed, fp, meta, status="ok", **record))
             except Exception as e:  # a failing method is recorded and the suite goes on
                 message = (str(e).strip().splitlines() or [""])[0][:500]
@@ -318,14 +360,38 @@ class BenchRunner:
                                                config=config_dict))
             bar.advance(1)
 
-    def _run_method(self, method, config, original, data, oracle_model, oracle_result, seed) -> dict:
+    def _sparse_row(self, bar, method, config, original, meta, okey, weights, oracle_id, need_oracle, data,
+                    scenario: str, seed: int):
+        """Build (or load) ``method``'s sparse original and record it on this request; returns the model."""
+        bar.update(status=f"seed {seed} {scenario}: {method} sparse original")
+        model, facts, skey = self.sparse_original(method, config, original, meta, okey, seed)
+        name = sparse_original_name(method)
+        path = result_path(self.out, scenario, name, seed)
+        fp = self._fingerprint(method=name, scenario=scenario, seed=seed, original=weights, oracle=oracle_id,
+                               sparse=skey)
+        if self._cached(path, fp) is not None:
+            self.summary.cached += 1
+            return model
+        oracle_model, _ = need_oracle()
+        metrics, evaluation = evaluate_model(model, data, reference=oracle_model, seed=seed,
+                                             batch_size=self.config.eval_batch_size)
+        result = {"prepare_seconds": facts.get("seconds"), "sample_passes": facts.get("sample_passes"),
+                  "sparse_original": facts}
+        self._write(path, self._record(name, scenario, seed, fp, meta, status="ok", metrics=metrics,
+                                       evaluation=evaluation, config=config.sparse_key(), result=result,
+                                       per_class=per_class_accuracy(model, self.splits.test,
+                                                                    self.splits.num_classes)))
+        return model
+
+    def _run_method(self, method, config, original, data, oracle_model, oracle_result, seed,
+                    options: dict | None = None) -> dict:
         from ..api import unlearn
 
         if method == "retrain":
             result = oracle_result  # the oracle is retrain with this very config and seed
         else:
             result = unlearn(original, data.retain, data.forget, method, config=config, device=str(self.device),
-                             seed=seed)
+                             seed=seed, **(options or {}))
         metrics, evaluation = evaluate_model(result.model, data, reference=oracle_model, result=result, seed=seed,
                                              batch_size=self.config.eval_batch_size)
         return {"metrics": metrics, "evaluation": evaluation, "config": result.config, "result": result.to_dict(),
@@ -387,7 +453,8 @@ def run_benchmark(config: BenchConfig | str | Path | dict, out: str | Path, *, o
     for label, sub in variants.items():
         part = BenchRunner(sub, out / label, overwrite=overwrite, device=device, cache_dir=cache,
                            on_result=on_result).run()
-        for name in ("originals_trained", "oracles_trained", "computed", "cached", "seconds"):
+        for name in ("originals_trained", "oracles_trained", "sparse_originals_trained", "computed", "cached",
+                     "seconds"):
             setattr(total, name, getattr(total, name) + getattr(part, name))
         total.errors += [f"[{label}] {e}" for e in part.errors]
     return total

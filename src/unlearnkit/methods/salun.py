@@ -5,7 +5,9 @@ Saliency in Both Image Classification and Generation", ICLR 2024
 (arXiv 2310.12508). The saliency of a weight is |dL_f/dtheta|, the magnitude of
 the forget-set cross-entropy gradient at the *original* model; the top
 ``mask_ratio`` fraction of all weights (one global ranking, 50% by default) may
-change, then random-label unlearning (see ``random_label``) runs on them only.
+change, then random-label unlearning (see ``random_label``; the same ``mode`` and
+``labels`` options, by default the reference's CIFAR-10 path: per epoch a forget
+pass with labels drawn from all classes, then a retain pass) runs on them only.
 
 Weights outside the mask do not move at all: a ``ParamMask`` zeroes their
 gradients before and restores their values after every optimizer step, so
@@ -30,10 +32,10 @@ from .. import distributed as dist
 from ..config import Interval, field
 from ..data import iterate_batches
 from ..masking import ParamMask
-from ..training import Counter, cross_entropy_step
+from ..training import Counter
 from ..utils import model_device
 from .base import Method, register_method
-from .random_label import RandomLabelConfig, num_classes_of, random_label_dataset
+from .random_label import RandomLabelConfig, train_random_labels
 
 
 def forget_gradients(model: nn.Module, forget: Dataset, batch_size: int,
@@ -93,7 +95,5 @@ class SalUn(Method):
     def _unlearn(self, model, retain, forget):
         mask = ParamMask(model, self.masks)
         self.info["mask_fraction"] = mask.fraction_trainable()
-        data = random_label_dataset(forget, num_classes_of(model, retain, forget), self.generator,
-                                    retain if self.config.include_retain else None)
-        self.train_epochs(model, data, cross_entropy_step, mask=mask)
+        train_random_labels(self, model, retain, forget, mask=mask)
         return model
