@@ -73,7 +73,10 @@ def check_model_arguments(name: str, fn: Callable[..., nn.Module], kwargs: dict)
     """Sizes of a built-in model are ints >= 1 (floats > 0): one line naming the argument otherwise."""
     hints = typing.get_type_hints(fn)
     for key, value in kwargs.items():
-        kinds = [a for a in (typing.get_args(hints.get(key)) or (hints.get(key),)) if a is not type(None)]
+        options = typing.get_args(hints.get(key)) or (hints.get(key),)
+        kinds = [a for a in options if a is not type(None)]
+        if value is None and type(None) in options:
+            continue
         if int in kinds and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
             allowed = "an int >= 1" if kinds == [int] else "an int >= 1 or None"
         elif float in kinds and (isinstance(value, bool) or not isinstance(value, Real) or not value > 0):
