@@ -14,6 +14,15 @@ def unlearn(model: nn.Module, retain: Dataset | None, forget: Dataset | None, me
     """Remove ``forget``'s influence from ``model`` with a registered method.
 
     ``overrides`` set fields of the method's config (unknown names are an error).
+    Each method's parameters, with defaults, allowed values and help, are listed by
+    ``unlearnkit methods NAME`` on the command line, or in Python by
+    ``unlearnkit.get_method(NAME).config_class.describe()``; the methods by
+    ``unlearnkit.list_methods()``.
+
+    ``retain`` and ``forget`` are torch Datasets of ``(x, y)`` pairs, ``(x, y, index)``
+    tuples or dicts (Hugging Face style; see ``unlearnkit.data.loading``); the model may
+    return logits, a tuple or an object with ``.logits``.
+
     The input model is left unchanged unless ``inplace=True``; ``result.model``
     is a plain module of the input's class.
     """

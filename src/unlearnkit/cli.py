@@ -97,11 +97,28 @@ def _main(version: bool = typer.Option(False, "--version", help="Print the versi
 
 
 @app.command()
-def methods(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. '*lora*'.")):
-    """List the registered unlearning methods."""
+def methods(pattern: str = typer.Argument("*", help="A method name (lists its parameters) or a shell-style "
+                                          "filter, e.g. '*lora*'.")):
+    """List the registered unlearning methods, or one method's parameters (`unlearnkit methods lora`)."""
     from .methods import list_methods, method_spec
 
-    rows = [[name, method_spec(name).description] for name in list_methods(pattern)]
+    if pattern in list_methods():
+        spec = method_spec(pattern)
+        rows = [[p["name"], p["default"], p["allowed"], p["help"]] for p in spec.config_class.describe()]
+        console.print(_table(f"{pattern}: {spec.description}", ["name", "default", "allowed", "description"], rows))
+        renamed = spec.config_class.all_deprecated_names()
+        if renamed:
+            console.print("deprecated names: " + ", ".join(f"{old} -> {new}" for old, new in renamed.items()),
+                          highlight=False)
+        console.print(f"set them with `unlearnkit forget --set KEY=VALUE` or unlearnkit.unlearn(..., "
+                      f"method={pattern!r}, KEY=VALUE).", highlight=False)
+        return
+    names = list_methods(pattern)
+    if not names:
+        from .errors import unknown_name_error
+
+        raise unknown_name_error("method", pattern, list_methods())
+    rows = [[name, method_spec(name).description] for name in names]
     console.print(_table("unlearnkit methods", ["name", "description"], rows))
 
 
@@ -244,15 +261,15 @@ def eval_(
     """Evaluate a checkpoint on a forget request (UA, RA, TA, MIA, gaps to a reference); see docs/metrics.md."""
     from .metrics import evaluate
     from .utils import atomic_write_json
-    from .workflow import check_output_file, forget_data, load_original
+    from .workflow import check_output_file, forget_data, load_original, load_reference
 
     _setup(quiet)
     inputs = (checkpoint,) + ((reference,) if reference is not None else ())
     target = (check_output_file(out, inputs=inputs, overwrite=overwrite, is_previous=_is_eval_record)
               if out is not None else None)
     net, meta, splits = load_original(checkpoint, data_root=data_root, device=device)
+    ref = load_reference(reference, meta, splits, device=device) if reference is not None else None
     data = forget_data(splits, forget_spec, seed, meta)
-    ref = load_original(reference, data_root=data_root, device=device)[0] if reference is not None else None
     result = _stored_result(checkpoint, data.request.to_dict())
     evaluation = evaluate(net, data, reference=ref, result=result, seed=seed)
     record = {**evaluation.to_dict(), "checkpoint": str(checkpoint),

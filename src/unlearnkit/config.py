@@ -5,13 +5,16 @@ each field to the values it accepts (an ``Interval``, ``Options``, a type or
 ``None``); a value passes if any one constraint accepts it. Violations raise
 ``InvalidConfigError`` in the form
 "The 'lr' parameter of FinetuneConfig must be a float in the range (0.0, inf). Got -0.1 instead."
-Rules that span several fields go in ``_check_consistency``.
+Rules that span several fields go in ``_check_consistency``. A renamed field keeps
+its old name working through ``deprecated_names`` ({old: new}): ``from_dict``,
+``replace`` and attribute reads accept the old name with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, ClassVar
@@ -147,9 +150,50 @@ class Config:
     """Base of every unlearnkit config: validation, ``to_dict`` and ``replace``."""
 
     constraints: ClassVar[dict[str, list]] = {}
+    deprecated_names: ClassVar[dict[str, str]] = {}  # old field name -> current name
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def __getattr__(self, name: str):  # only called for names that are not attributes
+        new = type(self).all_deprecated_names().get(name)
+        if new is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        _warn_renamed(type(self).__name__, name, new, stacklevel=3)
+        return getattr(self, new)
+
+    @classmethod
+    def all_deprecated_names(cls) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(getattr(klass, "deprecated_names", {}) or {})
+        return merged
+
+    @classmethod
+    def rename_deprecated(cls, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """``values`` with deprecated names replaced by current ones (warning once each), and {new: old} used."""
+        renamed = cls.all_deprecated_names()
+        out, used = dict(values), {}
+        for old, new in renamed.items():
+            if old not in out:
+                continue
+            if new in out:
+                raise InvalidConfigError(f"{cls.__name__} got both {old!r} and {new!r}; {old!r} is the deprecated "
+                                         f"name of {new!r}: give only {new!r}.")
+            _warn_renamed(cls.__name__, old, new, stacklevel=4)
+            out[new] = out.pop(old)
+            used[new] = old
+        return out, used
+
+    @classmethod
+    def _build(cls, values: dict[str, Any], used: dict[str, str], build):
+        try:
+            return build(values)
+        except InvalidConfigError as e:
+            named = [f"{old!r} is now {new!r}" for new, old in used.items() if repr(new) in str(e)]
+            if not named:
+                raise
+            raise InvalidConfigError(f"{e} (deprecated name given: {'; '.join(named)})") from None
 
     def validate(self) -> None:
         owner = type(self).__name__
@@ -178,13 +222,14 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
+        values, used = cls.rename_deprecated(values)
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise InvalidConfigError(
                 f"Unknown parameter(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
                 f"allowed: {', '.join(cls.field_names())}."
             )
-        return cls(**values)
+        return cls._build(values, used, lambda v: cls(**v))
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -194,7 +239,26 @@ class Config:
         return out
 
     def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
+        changes, used = self.rename_deprecated(changes)
+        unknown = sorted(set(changes) - set(self.field_names()))
+        if unknown:
+            raise InvalidConfigError(
+                f"Unknown parameter(s) {', '.join(map(repr, unknown))} for {type(self).__name__}; "
+                f"allowed: {', '.join(self.field_names())}."
+            )
+        return self._build(changes, used, lambda v: dataclasses.replace(self, **v))
+
+    @classmethod
+    def describe(cls) -> list[dict[str, str]]:
+        """Each field's name, default, allowed values and help text (for `unlearnkit methods NAME`)."""
+        constraints = cls.all_constraints()
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            allowed = _join([str(_as_constraint(c)) for c in constraints[f.name]]) if f.name in constraints else ""
+            rows.append({"name": f.name, "default": repr(default), "allowed": allowed,
+                         "help": f.metadata.get("help", "")})
+        return rows
 
     @classmethod
     def help_for(cls, name: str) -> str:
@@ -202,6 +266,11 @@ class Config:
             if f.name == name:
                 return f.metadata.get("help", "")
         return ""
+
+
+def _warn_renamed(owner: str, old: str, new: str, stacklevel: int) -> None:
+    warnings.warn(f"The {old!r} parameter of {owner} is deprecated since unlearnkit 0.2 and will be removed in 0.4; "
+                  f"use {new!r}.", DeprecationWarning, stacklevel=stacklevel)
 
 
 def field(default: Any, help: str, **kwargs):

@@ -40,7 +40,7 @@ def to_model_layout(x: torch.Tensor) -> torch.Tensor:
     Never on the CPU: there torch 2.13's channels-last convolution backward corrupted the heap
     (a CIFAR ResNet-18 of width 4 on 16 px inputs aborted with "free(): invalid next size").
     """
-    if x.dim() == 4 and x.device.type != "cpu" and channels_last():
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type != "cpu" and channels_last():
         return x.contiguous(memory_format=torch.channels_last)
     return x
 

@@ -65,6 +65,7 @@ from . import distributed as dist
 from .data.datasets import dataset_labels
 from .data.loading import iterate_batches
 from .errors import UnlearnkitError
+from .models.outputs import forward
 from .utils import atomic_write_bytes, model_device, stable_hash, state_dict_hash
 
 __all__ = ["PGUCache", "prepare", "target_layers", "sample_ids", "layer_inputs", "projection_bases", "project_",
@@ -190,7 +191,7 @@ def _accumulate(model: nn.Module, datasets: Iterable[Dataset], layers: dict[str,
     try:
         for data in datasets:  # under a multi-process launcher each rank passes its shard; sums are all-reduced
             for x, _ in iterate_batches(dist.shard_dataset(data), batch_size, device=device):
-                model(x)
+                forward(model, x)
                 count += len(x)
     finally:
         for h in handles:

@@ -21,8 +21,9 @@ from torch.utils.data import Dataset
 from . import distributed as _distributed
 from .config import Config, Interval, Options, field
 from .data.loading import iterate_batches, num_batches
-from .errors import DivergenceError
+from .errors import DivergenceError, UnlearnkitError
 from .masking import ParamMask
+from .models.outputs import forward
 from .performance import host_sync_every
 from .progress import progress_bar
 from .utils import model_device, seed_everything
@@ -61,14 +62,14 @@ def make_schedule(optimizer: torch.optim.Optimizer, name: str, total_steps: int)
 
 
 def cross_entropy_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
+    return F.cross_entropy(forward(model, x), y)
 
 
 def check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss).all():
         raise DivergenceError(
-            f"{where}: the loss became {loss.item()} (diverged); lower the learning rate. "
-            "The input model was left unchanged."
+            f"{where}: the loss became {loss.item()} (diverged); lower the learning rate, and check that the "
+            "data has no NaN/inf inputs and the model no non-finite weights. The input model was left unchanged."
         )
 
 
@@ -122,7 +123,7 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
                     mask.restore_frozen()
                 if scheduler is not None:
                     scheduler.step()
-                counter.sample_passes += len(x)
+                counter.sample_passes += len(y)  # x may be a dict of inputs (Hugging Face style)
                 counter.steps += 1
                 done += 1
                 if done % sync_every and done < total:
@@ -199,7 +200,7 @@ def train(model: nn.Module, dataset: Dataset, recipe: Recipe | None = None, *,
     smoothing = recipe.label_smoothing
 
     def step(m, x, y):
-        return F.cross_entropy(m(x), y, label_smoothing=smoothing)
+        return F.cross_entropy(forward(m, x), y, label_smoothing=smoothing)
 
     fit(model, dataset, step, optimizer, epochs=recipe.epochs, batch_size=recipe.batch_size, generator=generator,
         schedule=recipe.schedule, augment=recipe.augment, counter=counter, description=description)
@@ -223,21 +224,33 @@ def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int = 512) ->
     logits, labels = [], []
     with contextlib.nullcontext() if ctx is None else ctx.autocast():
         for x, y in iterate_batches(part, batch_size, device=device):
-            logits.append(model(x).float())  # kept on the device: one copy to the host at the end
+            logits.append(forward(model, x).float())  # kept on the device: one copy to the host at the end
             labels.append(y)
     model.train(was_training)
     if logits:
         logits, labels = [torch.cat(logits).cpu()], [torch.cat(labels).cpu()]
     if gather:
-        return ctx.all_gather_cat(torch.cat(logits)), ctx.all_gather_cat(torch.cat(labels))
-    if not logits:
+        logits, labels = ctx.all_gather_cat(torch.cat(logits)), ctx.all_gather_cat(torch.cat(labels))
+    elif not logits:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(logits), torch.cat(labels)
+    else:
+        logits, labels = torch.cat(logits), torch.cat(labels)
+    check_labels_in_range(labels, logits.shape[1])
+    return logits, labels
+
+
+def check_labels_in_range(labels: torch.Tensor, num_outputs: int, what: str = "The dataset") -> None:
+    """Labels must index the model's outputs (0 .. num_outputs - 1)."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_outputs):
+        bad = int(labels.max()) if int(labels.max()) >= num_outputs else int(labels.min())
+        raise UnlearnkitError(f"{what} has label {bad}, outside the model's {num_outputs} outputs "
+                              f"(labels must be 0..{num_outputs - 1}).")
 
 
 def accuracy(model: nn.Module, dataset: Dataset | None, batch_size: int = 512) -> float:
-    """Top-1 accuracy in percent (NaN for an empty or missing dataset)."""
+    """Top-1 accuracy in percent; an empty or missing dataset is an error (there is nothing to measure)."""
     if dataset is None or len(dataset) == 0:
-        return float("nan")
+        what = "None" if dataset is None else "an empty dataset"
+        raise UnlearnkitError(f"accuracy needs a non-empty dataset; got {what}.")
     logits, labels = predict_logits(model, dataset, batch_size)
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()

@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import META, MODEL_META_KEYS, OWN_FILES, is_checkpoint_dir, load_checkpoint, read_meta, save_checkpoint
 from .data import DatasetSplits, dataset_labels, load_dataset, make_unlearning_data
-from .errors import UnlearnkitError
+from .errors import UnlearnkitError, close_matches
 from .methods import make_config, method_spec
 from .models import create_model
 from .training import Recipe, train
@@ -66,30 +66,53 @@ def load_original(checkpoint: str | Path, *, data_root: str | None = None, devic
     return model, meta, splits
 
 
+def load_reference(reference: str | Path, meta: dict[str, Any], splits: DatasetSplits, *, device: str = "auto"):
+    """The reference checkpoint of an evaluation: it must be of the same dataset and classes as the model."""
+    ref_meta = read_meta(reference)
+    mine, theirs = meta.get("dataset") or {}, ref_meta.get("dataset") or {}
+    for what, a, b in (("dataset", mine.get("name"), theirs.get("name")),
+                       ("dataset arguments", mine.get("args") or {}, theirs.get("args") or {}),
+                       ("number of classes", meta.get("num_classes"), ref_meta.get("num_classes"))):
+        if a != b:
+            raise UnlearnkitError(f"The reference {str(reference)!r} is of another task than the model: its {what} "
+                                  f"is {b!r}, the model's {a!r}; gaps compare models of the same data.")
+    if mine.get("fingerprint") and theirs.get("fingerprint") and mine["fingerprint"] != theirs["fingerprint"]:
+        raise UnlearnkitError(f"The reference {str(reference)!r} was trained on other {mine.get('name')} data than "
+                              "the model (fingerprint mismatch).")
+    return load_checkpoint(reference, num_classes=splits.num_classes, device=resolve_device(device))[0]
+
+
 def parse_overrides(method: str, pairs: list[str]) -> dict[str, Any]:
     """``["lr=0.01", "epochs=3"]`` -> typed config overrides for ``method``."""
     config_class = method_spec(method).config_class
     hints = typing.get_type_hints(config_class)
     names = [f.name for f in dataclasses.fields(config_class)]
+    renamed = config_class.all_deprecated_names()
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep:
             raise UnlearnkitError(f"--set expects KEY=VALUE; got {pair!r}.")
-        if key not in names:
-            raise UnlearnkitError(f"Unknown parameter {key!r} for method {method!r}; allowed: {', '.join(names)}.")
-        out[key] = _parse_value(raw.strip(), hints.get(key, str), key)
+        if key not in names and key not in renamed:
+            raise UnlearnkitError(f"Unknown parameter {key!r} for method {method!r}; allowed: {', '.join(names)}."
+                                  f"{close_matches(key, names)}")
+        out[key] = _parse_value(raw.strip(), hints.get(renamed.get(key, key), str), key)
     return out
 
 
 def parse_model_args(pairs: list[str]) -> dict[str, Any]:
-    """``["width=32", "pretrained=true"]`` -> model kwargs (int, float, bool, None or string)."""
+    """``["width=32", "pretrained=true"]`` -> model kwargs (int, float, bool, None or string).
+
+    Types and ranges are checked against the model when it is built (``create_model``).
+    """
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
+        if not sep or not key.strip() or not raw.strip():
             raise UnlearnkitError(f"--model-arg expects KEY=VALUE; got {pair!r}.")
+        if key.strip().replace("-", "_") in out:
+            raise UnlearnkitError(f"--model-arg {key.strip()!r} is given twice.")
         raw = raw.strip()
         lowered = raw.lower()
         value: Any = raw

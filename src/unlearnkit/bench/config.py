@@ -230,8 +230,29 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         f"Benchmark config {str(name_or_path)!r} not found; give a file path or one of: {', '.join(known) or '(none)'}.")
 
 
+def _parse_error_line(error: Exception, text: str) -> str:
+    """'line N: message' for a YAML, TOML or JSON parse error (each library puts the line elsewhere)."""
+    message = str(error).strip()
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)  # PyYAML, 0-based
+    line = mark.line + 1 if mark is not None else getattr(error, "lineno", None)  # json (1-based)
+    if line is None:  # tomllib: "... (at line 3, column 5)"
+        import re
+
+        found = re.search(r"line (\d+)", message)
+        line = int(found.group(1)) if found else None
+    problem = getattr(error, "problem", None) or getattr(error, "msg", None) or (message.splitlines() or [""])[0]
+    problem = str(problem).strip() or type(error).__name__
+    if line is None:
+        return problem
+    source = text.splitlines()[line - 1].strip() if 0 < line <= len(text.splitlines()) else ""
+    return f"line {line}: {problem}" + (f" (near {source[:60]!r})" if source else "")
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnlearnkitError(f"Cannot read benchmark config {str(path)!r}: {e}") from None
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -245,11 +266,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
             import yaml
 
             values = yaml.safe_load(text)
-    except Exception as e:  # parse errors of three libraries: one line naming the file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnlearnkitError(f"Cannot parse benchmark config {str(path)!r}: {first}") from None
-    if values is None:
-        values = {}
+    except Exception as e:  # parse errors of three libraries: one line naming the file and the line
+        raise UnlearnkitError(f"Cannot parse benchmark config {str(path)!r}: {_parse_error_line(e, text)}") from None
+    if values is None or values == {}:
+        raise UnlearnkitError(f"Benchmark config {str(path)!r} is empty; it needs at least 'methods' (e.g. "
+                              "{finetune: {}, retrain: {}}); see the shipped 'smoke' config.")
     if not isinstance(values, dict):
         raise UnlearnkitError(f"Benchmark config {str(path)!r} must be a mapping of fields; got {type(values).__name__}.")
     return values
@@ -260,6 +281,9 @@ def load_bench_config(name_or_path: str | Path | dict) -> BenchConfig:
     if isinstance(name_or_path, BenchConfig):
         return name_or_path
     if isinstance(name_or_path, dict):
+        if not name_or_path:
+            raise UnlearnkitError("A benchmark config dict is empty; it needs at least 'methods', e.g. "
+                                  "{'methods': {'finetune': {}, 'retrain': {}}}.")
         return BenchConfig.from_dict(name_or_path)
     path = resolve_config_path(name_or_path)
     values = read_config_file(path)

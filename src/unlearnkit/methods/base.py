@@ -31,6 +31,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from ..config import Config, Interval, Options, field
+from ..data.checks import check_unlearning_data
 from ..errors import DivergenceError, UnlearnkitError, unknown_name_error
 from ..training import Counter, StepFn, fit, make_optimizer
 from ..masking import ParamMask
@@ -273,6 +274,7 @@ class Method:
                 raise UnlearnkitError(f"The {what} set must be a torch Dataset of (x, y); got {type(data).__name__}.")
             if len(data) == 0 and needed:
                 raise UnlearnkitError(f"The {what} set is empty.")
+        check_unlearning_data(self.original, retain, forget)
 
     def _check_output(self, model: nn.Module) -> None:
         if type(model) is not type(self.original):

@@ -23,12 +23,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import field
+from ..models.outputs import forward
 from .base import Method, TrainingConfig, register_method
 
 
 def ascent_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Loss whose minimisation maximises the cross-entropy of (x, y)."""
-    return -F.cross_entropy(model(x), y)
+    return -F.cross_entropy(forward(model, x), y)
 
 
 @dataclass(kw_only=True)

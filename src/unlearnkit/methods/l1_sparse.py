@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..config import Interval, field
 from ..data import num_batches
+from ..models.outputs import forward
 from .base import Method, TrainingConfig, register_method
 
 
@@ -56,7 +57,7 @@ class L1Sparse(Method):
         def penalised_step(m, x, y):
             alpha_t = c.alpha * (1.0 - step["t"] / total)
             step["t"] += 1
-            loss = F.cross_entropy(m(x), y)
+            loss = F.cross_entropy(forward(m, x), y)
             return loss + alpha_t * l1_norm(params) if alpha_t > 0 else loss
 
         with torch.no_grad():

@@ -36,10 +36,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Interval, NameList, Options, field
-from ..data.loading import iterate_batches
+from ..data.loading import cat_inputs, iterate_batches
 from ..errors import UnlearnkitError
 from ..lora import LoraAdapter, add_lora
 from ..masking import ParamMask
+from ..models.outputs import forward
 from ..models.registry import classifier_head
 from ..training import cross_entropy_step
 from .base import Method, TrainingConfig, register_method
@@ -144,7 +145,7 @@ class LoraMethod(Method):
         def step(m, x, y):
             xf, yf = next(batches)
             counter.sample_passes += len(xf)
-            logits = m(torch.cat([x, xf]))
+            logits = forward(m, cat_inputs([x, xf]))
             loss = F.cross_entropy(logits[:len(x)], y)
             forget_logits = logits[len(x):]
             if kind == "random_label":

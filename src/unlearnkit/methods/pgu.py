@@ -50,6 +50,7 @@ from .. import pgu as gram
 from ..config import InstanceOf, Interval, Options, field
 from ..data.loading import iterate_batches
 from ..errors import UnlearnkitError
+from ..models.outputs import forward
 from ..training import accuracy, check_finite
 from ..utils import state_dict_hash, timer
 from .base import Method, MethodConfig, register_method
@@ -222,7 +223,7 @@ class PGU(Method):
             for x, y in iterate_batches(forget, c.batch_size, shuffle=True, generator=self.generator,
                                         device=self.device):
                 lr = c.lr * math.exp(decay * step)
-                loss = forget_loss(model(x), y, c.eps, c.entropy_weight)
+                loss = forget_loss(forward(model, x), y, c.eps, c.entropy_weight)
                 check_finite(loss, "pgu")
                 for w in weights.values():
                     w.grad = None

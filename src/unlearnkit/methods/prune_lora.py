@@ -35,25 +35,27 @@ from .lora import LoraConfig, LoraMethod
 class PruneLoraConfig(LoraConfig):
     """Prune, then LoRA fine-tuning on the retain set, then a masked merge."""
 
-    prune_kind: Literal["l2_structured", "magnitude_global"] = field(
+    kind: Literal["l2_structured", "magnitude_global"] = field(
         "l2_structured", "Pruning: per-layer L2 filter pruning or global magnitude pruning.")
-    prune_ratio: float = field(0.5, "Fraction pruned (of filters per layer, or of all weights for global).")
-    prune_layers: tuple[str, ...] | None = field(None, "Modules to prune; None = every Conv2d/Linear but the head.")
+    ratio: float = field(0.5, "Fraction pruned (of filters per layer, or of all weights for global); in [0, 1).")
+    layers: tuple[str, ...] | None = field(None, "Modules to prune; None = every Conv2d/Linear but the head.")
     prune_norms: bool = field(False, "Also zero the BatchNorm weight and bias of pruned channels (l2_structured), "
                                      "so unlearnkit.compact can remove them physically.")
 
     constraints = {
-        "prune_kind": [Options("l2_structured", "magnitude_global")],
-        "prune_ratio": [Interval(float, 0, 1, closed="left")],
-        "prune_layers": [NameList("module names"), None],
+        "kind": [Options("l2_structured", "magnitude_global")],
+        "ratio": [Interval(float, 0, 1, closed="left")],
+        "layers": [NameList("module names"), None],
         "prune_norms": [bool],
     }
+    # the names prune_finetune, omp and unlearnkit.prune use; the old ones still work
+    deprecated_names = {"prune_kind": "kind", "prune_ratio": "ratio", "prune_layers": "layers"}
 
     def _check_consistency(self) -> None:
         super()._check_consistency()
-        if self.prune_norms and self.prune_kind != "l2_structured":
-            raise InvalidConfigError("The 'prune_norms' parameter of PruneLoraConfig needs prune_kind='l2_structured'; "
-                                     f"got prune_kind={self.prune_kind!r}.")
+        if self.prune_norms and self.kind != "l2_structured":
+            raise InvalidConfigError("The 'prune_norms' parameter of PruneLoraConfig needs kind='l2_structured'; "
+                                     f"got kind={self.kind!r}.")
 
 
 @register_method("prune_lora", config=PruneLoraConfig,
@@ -65,10 +67,10 @@ class PruneLora(LoraMethod):
         c = self.config
         self._check_forget_term(forget)
         try:
-            result = prune(model, kind=c.prune_kind, ratio=c.prune_ratio, layers=c.prune_layers,
-                           prune_norms=c.prune_norms)
+            result = prune(model, kind=c.kind, ratio=c.ratio, layers=c.layers, prune_norms=c.prune_norms)
         except UnlearnkitError as exc:
-            raise UnlearnkitError(f"prune_lora (prune_layers / prune_ratio): {exc}") from None
+            raise UnlearnkitError(f"prune_lora ('layers' / 'ratio', formerly 'prune_layers' / 'prune_ratio'): "
+                                  f"{exc}") from None
         self.masks = result.masks
         self.info["pruning"] = result.to_dict()
         self._add_adapter(model)

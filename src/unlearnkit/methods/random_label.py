@@ -40,7 +40,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ..config import Options, field
 from ..data import ArrayDataset, dataset_labels
-from ..data.loading import resolve_arrays
+from ..data.loading import resolve_arrays, with_label
 from ..errors import UnlearnkitError
 from ..models import classifier_head
 from ..masking import ParamMask
@@ -84,7 +84,7 @@ class _Relabelled(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        return self.dataset[i][0], int(self.labels[i])
+        return with_label(self.dataset[i], int(self.labels[i]), self.dataset)
 
 
 def _same_base(*datasets: Dataset):

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from ..config import Interval, NameList, Options, field
 from ..data.loading import iterate_batches
 from ..errors import UnlearnkitError
+from ..models.outputs import forward
 from ..models.registry import classifier_head
 from .base import register_method
 from .lora import LoraAdapterConfig, LoraMethod, cycle_batches
@@ -188,7 +189,7 @@ class RfaLora(LoraMethod):
         try:
             with self.adapter.disabled():
                 for x, y in iterate_batches(retain, 256, device=device):
-                    model(x)
+                    forward(model, x)
                     feats = tap.take()
                     for k in y.unique().tolist():
                         sel = y == k
@@ -240,10 +241,10 @@ class RfaLora(LoraMethod):
 
         def features(m, x, adapted: bool):
             if adapted:
-                logits = m(x)
+                logits = forward(m, x)
                 return logits, tap.take()
             with torch.no_grad(), adapter.disabled():
-                m(x)
+                forward(m, x)
                 return None, {k: v.detach() for k, v in tap.take().items()}
 
         def step(m, x, y):

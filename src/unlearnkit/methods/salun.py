@@ -32,7 +32,8 @@ from .. import distributed as dist
 from ..config import Interval, field
 from ..data import iterate_batches
 from ..masking import ParamMask
-from ..training import Counter
+from ..models.outputs import forward
+from ..training import Counter, cross_entropy_step
 from ..utils import model_device
 from .base import Method, register_method
 from .random_label import RandomLabelConfig, train_random_labels
@@ -49,7 +50,7 @@ def forget_gradients(model: nn.Module, forget: Dataset, batch_size: int,
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     grads = {n: torch.zeros_like(p) for n, p in named}
     for x, y in iterate_batches(dist.shard_dataset(forget), batch_size, device=model_device(model)):
-        loss = F.cross_entropy(model(x), y, reduction="sum")
+        loss = F.cross_entropy(forward(model, x), y, reduction="sum")
         for (n, _), g in zip(named, torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)):
             if g is not None:
                 grads[n] += g

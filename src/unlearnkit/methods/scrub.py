@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from ..config import Interval, Options, check_value, field
 from ..errors import InvalidConfigError
+from ..models.outputs import forward
 from ..training import fit, make_optimizer
 from .base import Method, TrainingConfig, register_method
 
@@ -156,8 +157,8 @@ class SCRUB(Method):
         def max_step(m, x, y):
             batchnorm_eval(m)  # forget batches must not touch the running statistics
             with torch.no_grad():
-                target = teacher(x)
-            return -distill_kl(m(x), target, t)
+                target = forward(teacher, x)
+            return -distill_kl(forward(m, x), target, t)
 
         fit(model, forget, max_step, optimizer, epochs=1, batch_size=self.config.forget_batch_size,
             generator=self.generator, augment=self.config.augment, counter=self.counter,
@@ -168,8 +169,8 @@ class SCRUB(Method):
 
         def min_step(m, x, y):
             with torch.no_grad():
-                target = teacher(x)
-            logits = m(x)
+                target = forward(teacher, x)
+            logits = forward(m, x)
             return c.ce_weight * F.cross_entropy(logits, y) + c.kl_weight * distill_kl(logits, target, c.temperature)
 
         fit(model, retain, min_step, optimizer, epochs=1, batch_size=c.batch_size, generator=self.generator,

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from .. import distributed as dist
 from ..config import Interval, field
 from ..data import iterate_batches
+from ..models.outputs import forward
 from ..training import Counter
 from ..utils import model_device
 from .base import Method, MethodConfig, register_method
@@ -50,7 +51,7 @@ def fisher_diagonal(model: nn.Module, dataset: Dataset, batch_size: int, generat
                                                 device=model_device(model))):
         if i % world != rank:
             continue
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(forward(model, x), y)
         for (n, _), g in zip(named, torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)):
             if g is not None:
                 importance[n] += g.square()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import typing
+from numbers import Integral, Real
 from typing import Callable
 
 import torch.nn as nn
@@ -53,12 +55,35 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_siz
         raise UnlearnkitError(f"Unknown argument(s) {', '.join(unknown)} for model {name!r}; allowed: {', '.join(allowed)}.")
     context = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, input_dim=input_dim)
     kwargs.update({k: v for k, v in context.items() if k in accepted})
-    model = fn(**kwargs)
+    check_model_arguments(name, fn, kwargs)
+    try:
+        model = fn(**kwargs)
+    except (ValueError, TypeError, AssertionError, RuntimeError, ZeroDivisionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise UnlearnkitError(f"Model {name!r} cannot be built with {shown}: {first}") from None
     if weights is not None:
         from .external import load_weights_file
 
         load_weights_file(model, weights)
     return model
+
+
+def check_model_arguments(name: str, fn: Callable[..., nn.Module], kwargs: dict) -> None:
+    """Sizes of a built-in model are ints >= 1 (floats > 0): one line naming the argument otherwise."""
+    hints = typing.get_type_hints(fn)
+    for key, value in kwargs.items():
+        options = typing.get_args(hints.get(key)) or (hints.get(key),)
+        kinds = [a for a in options if a is not type(None)]
+        if value is None and type(None) in options:
+            continue
+        if int in kinds and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
+            allowed = "an int >= 1" if kinds == [int] else "an int >= 1 or None"
+        elif float in kinds and (isinstance(value, bool) or not isinstance(value, Real) or not value > 0):
+            allowed = "a number > 0"
+        else:
+            continue
+        raise UnlearnkitError(f"The {key!r} argument of model {name!r} must be {allowed}; got {value!r}.")
 
 
 def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
