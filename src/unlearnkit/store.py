@@ -99,7 +99,7 @@ FORGOTTEN_FILE = "forgotten_ids.txt"
 TRAINING_IDS_FILE = "training_ids.txt"
 PGU_CACHE_FILE = "pgu_gram.safetensors"
 EXIT_REFUSED = 3  # CLI exit code of a request refused by its acceptance gates
-_FIGURES = {"forget_acc@1": "forget_acc", "ua@1": "UA", "ra@1": "RA", "ta@1": "TA", "mia_efficacy@1": "MIA-Efficacy"}
+_FIGURES = {"forget_acc@1": "forget_acc", "ua@1": "UA", "ra@1": "RA", "ta@1": "TA", "mia_efficacy@2": "MIA-Efficacy"}
 _KILL_ENV = "UNLEARNKIT_STORE_KILL_AT"  # testing hook: SIGKILL this process at the named step
 
 
