@@ -1,10 +1,10 @@
 """SSD importance estimates against the retrain oracle (docs/methods/baselines.md, "ssd").
 
-    python benchmarks/ssd_importance.py [--dataset digits|mnist] [--seeds 0 1]
+    python benchmarks/ssd_importance.py [--dataset digits|mnist] [--seeds 0 1] [--alphas 2 3 5 8 10]
 
 Trains a CNN on the dataset, then for class forgetting (class 3) and random 10% forgetting compares
 SSD with importance="per_sample", "reference_batches" and the former shuffled-batch estimate
-("shuffled_batches", batch 64) with the retrain oracle (the same recipe on the retain set).
+("shuffled_batches", batch 64, alpha 10) with the retrain oracle (the same recipe on the retain set).
 Prints UA / RA / TA / MIA-Efficacy, Avg.Gap and the dampened fraction per estimate.
 """
 
@@ -39,13 +39,13 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="digits", choices=sorted(SETTINGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--alphas", type=float, nargs="+", default=[10.0])
     args = parser.parse_args()
     torch.set_num_threads(1)
     model_kwargs, recipe, subset = SETTINGS[args.dataset]
     splits = uk.load_dataset(args.dataset)
     train = splits.train if subset is None else torch.utils.data.Subset(splits.train, range(subset))
-    info = splits.info if hasattr(splits, "info") else {}
-    in_channels, size = splits.train[0][0].shape[0], splits.train[0][0].shape[-1]
+    in_channels = splits.train[0][0].shape[0]
     for seed in args.seeds:
         torch.manual_seed(seed)
         original = uk.create_model("cnn", num_classes=10, in_channels=in_channels, **model_kwargs)
@@ -59,12 +59,14 @@ def main():
             rows = [("retrain", oracle, 0.0), ("original", original, 0.0)]
             rows.append(("shuffled_batches",) + shuffled_batch_ssd(original, data.retain, data.forget, seed))
             for importance in ("per_sample", "reference_batches"):
-                result = create_method("ssd", original, seed=seed, importance=importance).fit(data.retain, data.forget)
-                rows.append((importance, result.model, result.info["dampened_fraction"]))
+                for alpha in args.alphas:
+                    result = create_method("ssd", original, seed=seed, importance=importance,
+                                           alpha=alpha).fit(data.retain, data.forget)
+                    rows.append((f"{importance} a={alpha:g}", result.model, result.info["dampened_fraction"]))
             for name, model, fraction in rows:
                 ev = uk.evaluate(model, data, reference=oracle_ev, seed=seed)
                 m = ev.summary()
-                print(f"{args.dataset} seed {seed} {request:10s} {name:18s} UA {m['UA']:6.2f} RA {m['RA']:6.2f} "
+                print(f"{args.dataset} seed {seed} {request:10s} {name:24s} UA {m['UA']:6.2f} RA {m['RA']:6.2f} "
                       f"TA {m['TA']:6.2f} MIA {m['MIA-Efficacy']:6.2f} Avg.Gap {m.get('Avg.Gap', 0):6.2f} "
                       f"dampened {100 * fraction:6.3f}%", flush=True)
 
