@@ -61,6 +61,7 @@ def features(dataset) -> torch.Tensor:
 def special_state(train) -> dict:
     """What methods compute in their own passes: PGU's Grams, SSD's Fisher, SalUn's forget gradients."""
     from unlearnkit.methods.salun import forget_gradients
+    from unlearnkit.methods import ssd as ssd_module
     from unlearnkit.methods.ssd import fisher_diagonal
     from unlearnkit.pgu import PGUCache
 
@@ -76,9 +77,19 @@ def special_state(train) -> dict:
     cache = PGUCache.build(model, [train], batch_size=50)
     hook.remove()
     ssd_counter, salun_counter = Counter(), Counter()
-    hook = counting("ssd")
-    fisher = fisher_diagonal(model, train, 64, torch.Generator().manual_seed(3), ssd_counter)
-    hook.remove()
+    # SSD's per-sample pass runs the forward under vmap, where a forward hook sees one sample per
+    # chunk: count the samples of the chunks each rank passes instead.
+    vmapped = ssd_module._vmapped_squared_grads
+
+    def counted(model_, x, y):
+        seen["ssd"] += len(y)
+        return vmapped(model_, x, y)
+
+    ssd_module._vmapped_squared_grads = counted
+    try:
+        fisher = fisher_diagonal(model, train, 64, torch.Generator().manual_seed(3), ssd_counter)
+    finally:
+        ssd_module._vmapped_squared_grads = vmapped
     hook = counting("salun")
     grads = forget_gradients(model, Subset(train, range(300)), 32, salun_counter)
     hook.remove()

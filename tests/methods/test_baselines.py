@@ -37,7 +37,7 @@ SETTINGS = {
     "l1_sparse": (dict(epochs=2, batch_size=64, lr=1e-2, optimizer="adam"), 10.0),
     "salun": (dict(epochs=2, batch_size=32, lr=0.05), 5.0),
     "scrub": (dict(epochs=2, max_epochs=1, optimizer="adam", lr=3e-3, forget_batch_size=16, **OLD_SCRUB), 12.0),
-    "ssd": (dict(), 5.0),
+    "ssd": (dict(alpha=3.0), 5.0),  # alpha must be < |D|/|D_f| ~ 10 (docs/methods/baselines.md)
 }
 ARCH_SETTINGS = {("scrub", "cnn"): SCRUB_CNN}
 FORGET_BOUND = 20.0

@@ -26,10 +26,10 @@ def test_eval_writes_json_and_prints_table(checkpoint, tmp_path, capsys):
     record = json.loads(out.read_text())
     assert record["schema_version"] == 1 and record["unlearnkit"] == uk.__version__ and record["seed"] == 0
     assert record["forget"]["spec"] == "class:3" and record["checkpoint"] == str(checkpoint)
-    assert {"ua@1", "ra@1", "ta@1", "mia_efficacy@1", "mia_loss_auc@1"} <= set(record["metrics"])
+    assert {"ua@1", "ra@1", "ta@1", "mia_efficacy@2", "mia_loss_auc@1"} <= set(record["metrics"])
     assert not any(k.startswith("gap_") for k in record["metrics"])
     printed = capsys.readouterr().out
-    assert "mia_efficacy@1" in printed and "ua@1" in printed
+    assert "mia_efficacy@2" in printed and "ua@1" in printed
     assert uk.Evaluation.from_dict(record).metrics == record["metrics"]
 
 
@@ -38,7 +38,7 @@ def test_eval_against_itself_has_zero_gap(checkpoint, tmp_path):
     assert main(["eval", "-c", str(checkpoint), "-r", str(checkpoint), "-f", "random:0.1", "--seed", "3",
                  "-o", str(out), "-q"]) == 0
     record = json.loads(out.read_text())
-    assert record["seed"] == 3 and record["metrics"]["avg_gap@1"] == 0.0
+    assert record["seed"] == 3 and record["metrics"]["avg_gap@2"] == 0.0
     assert record["metrics"]["forget_agreement@1"] == 100.0
 
 

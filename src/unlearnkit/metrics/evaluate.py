@@ -27,8 +27,9 @@ from .registry import MetricResult, get_metric, list_metrics
 
 SCHEMA_VERSION = 1
 
-# The splits metrics can ask for. "test" is TA's split; "test_all" the whole test set
-# (MIA non-members); "heldout" the loss-AUC comparison set (see mia.py).
+# The splits metrics can ask for. "test" is TA's split and the MIA non-members (the test set
+# without the forgotten classes); "test_all" the whole test set; "heldout" the loss-AUC
+# comparison set (see mia.py).
 SPLITS = ("forget", "retain", "test", "test_all", "test_forget", "heldout")
 _REQUIRED_SPLITS = ("forget", "retain", "test", "test_all")
 
@@ -185,9 +186,12 @@ class Evaluation:
     environment: dict[str, Any] = field(default_factory=environment_info)
 
     def __getitem__(self, key: str) -> float:
-        """``ev["ua@1"]`` or ``ev["ua"]`` (the newest version present)."""
+        """``ev["ua@1"]`` or ``ev["ua"]`` (the newest version present, so old records read too)."""
         if key in self.metrics:
             return self.metrics[key]
+        present = [k for k in self.metrics if k.split("@")[0] == key and k.split("@")[-1].isdigit()]
+        if present:
+            return self.metrics[max(present, key=lambda k: int(k.split("@")[-1]))]
         return self.metrics[get_metric(key).key]
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,11 +213,11 @@ class Evaluation:
 
     def summary(self) -> dict[str, float]:
         """Short display names (UA, RA, TA, MIA-Efficacy, Avg.Gap) -> value, for those present."""
-        out = {}
-        for key in list_metrics():
+        out, versions = {}, {}
+        for key in list_metrics(superseded=True):  # the newest version present of each figure
             spec = get_metric(key)
-            if spec.display and key in self.metrics:
-                out[spec.display] = self.metrics[key]
+            if spec.display and key in self.metrics and spec.version > versions.get(spec.display, 0):
+                out[spec.display], versions[spec.display] = self.metrics[key], spec.version
         return out
 
     def table(self, title: str = "unlearnkit evaluation", definitions: bool = False):
@@ -271,7 +275,8 @@ def evaluate(model: nn.Module, data: UnlearningData, *, reference: nn.Module | E
         seed: seeds the membership-attack sampling.
         device: "auto" evaluates where the model is; any other device evaluates a copy moved there.
         batch_size: inference batch size.
-        metrics: shell patterns of metric keys to compute (default: all whose ingredients are given).
+        metrics: shell patterns of metric keys to compute (default: all whose ingredients are given);
+            a superseded version (e.g. ``mia_efficacy@1``) only when named by its full key.
 
     Returns:
         An ``Evaluation`` whose ``metrics`` are keyed ``name@version``; percentages are in 0..100.
@@ -303,7 +308,8 @@ def evaluate(model: nn.Module, data: UnlearningData, *, reference: nn.Module | E
     if metrics is not None:
         import fnmatch
 
-        keys = [k for k in keys if any(fnmatch.fnmatch(k, p) or k.split("@")[0] == p for p in metrics)]
+        keys = [k for k in list_metrics(superseded=True)
+                if k in metrics or (k in keys and any(fnmatch.fnmatch(k, p) or k.split("@")[0] == p for p in metrics))]
     values: dict[str, float] = {}
     for key in keys:
         spec = get_metric(key)

@@ -15,7 +15,9 @@ import torch
 
 from .registry import MetricResult, register_metric
 
-GAP_OF = {"gap_ua": "ua@1", "gap_ra": "ra@1", "gap_ta": "ta@1", "gap_mia_efficacy": "mia_efficacy@1"}
+GAP_OF = {"gap_ua": "ua@1", "gap_ra": "ra@1", "gap_ta": "ta@1", "gap_mia_efficacy": "mia_efficacy@2"}
+# Superseded versions, kept so stored records keep their definition (computed only on request).
+GAP_OF_V1 = {**GAP_OF, "gap_mia_efficacy": "mia_efficacy@1"}
 
 
 def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -37,15 +39,34 @@ def _gap(key: str):
     return fn
 
 
+def _version(key: str) -> int:
+    return int(key.split("@")[1])
+
+
+def _gap_keys(gaps: dict[str, str]) -> list[str]:
+    return [f"{name}@{_version(key)}" for name, key in gaps.items()]
+
+
 for _name, _key in GAP_OF.items():
-    register_metric(_name, higher_is_better=False, requires=("reference",),
+    register_metric(_name, _version(_key), higher_is_better=False, requires=("reference",),
                     description=f"|{_key} - {_key} of the reference| (percentage points).")(_gap(_key))
+register_metric("gap_mia_efficacy", 1, higher_is_better=False, requires=("reference",),
+                superseded_by="gap_mia_efficacy@2",
+                description="Superseded by gap_mia_efficacy@2: |mia_efficacy@1 - mia_efficacy@1 of the reference|.",
+                )(_gap("mia_efficacy@1"))
 
 
-@register_metric("avg_gap", higher_is_better=False, requires=("reference",), display="Avg.Gap",
+@register_metric("avg_gap", 2, higher_is_better=False, requires=("reference",), display="Avg.Gap",
                  description="Mean of gap_ua, gap_ra, gap_ta and gap_mia_efficacy (percentage points).")
 def avg_gap(ctx) -> float:
-    return float(np.mean([ctx.value(f"{name}@1") for name in GAP_OF]))
+    return float(np.mean([ctx.value(k) for k in _gap_keys(GAP_OF)]))
+
+
+@register_metric("avg_gap", 1, higher_is_better=False, requires=("reference",), display="Avg.Gap",
+                 superseded_by="avg_gap@2",
+                 description="Superseded by avg_gap@2: its MIA gap uses mia_efficacy@1.")
+def avg_gap_v1(ctx) -> float:
+    return float(np.mean([ctx.value(k) for k in _gap_keys(GAP_OF_V1)]))
 
 
 @register_metric("forget_js", higher_is_better=False, requires=("reference_model",), unit="bits",

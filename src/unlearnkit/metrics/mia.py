@@ -1,17 +1,26 @@
 """Membership-inference metrics on the forget set.
 
-``mia_efficacy@1`` follows Jia et al., "Model Sparsity Can Simplify Machine
+``mia_efficacy@2`` follows Jia et al., "Model Sparsity Can Simplify Machine
 Unlearning", NeurIPS 2023 (their confidence-based SVC attack): a membership
 classifier ``SVC(kernel="rbf", C=3, gamma="auto")`` is trained on one feature,
 the model's softmax confidence in the true label, with members = a sample of the
 retain set and non-members = the test set, in equal numbers; the figure is the
 percentage of forget samples it predicts non-member (higher = more forgotten).
+For class forgetting the non-members are the test set *without* the forgotten
+classes, as in the reference code (Unlearn-Sparse and Unlearn-Saliency remove the
+class from the test set before the attack).
 
-Sampling (ours, seeded): ``n = min(|D_r|, |D_test|)``; with
+``mia_efficacy@1`` (superseded, computed only on request) took the non-members
+from the whole test set, also for class forgetting: the low-confidence test samples
+of the forgotten classes then move the attack's boundary, so a partly forgotten
+forget set is judged against another attack than the reference's. Both agree for
+sample forgetting.
+
+Sampling (ours, seeded): ``n = min(|D_r|, |non-members|)``; with
 ``rng = numpy.random.default_rng(seed)``, members are
 ``rng.choice(|D_r|, n, replace=False)`` and then non-members
-``rng.choice(|D_test|, n, replace=False)``. The non-members are the whole test set
-(all classes, also for class forgetting), as in the paper.
+``rng.choice(|non-members|, n, replace=False)`` (the reference takes the first
+``n`` retain samples and the whole test set).
 
 ``mia_loss_auc@1`` is our threshold-free companion: the ROC AUC (x100) of the
 per-sample cross-entropy loss separating forget samples (positives) from held-out
@@ -76,14 +85,27 @@ def loss_auc(positive_losses: np.ndarray, negative_losses: np.ndarray) -> float:
     return 100.0 * float(roc_auc_score(y, score))
 
 
-@register_metric("mia_efficacy", higher_is_better=True, display="MIA-Efficacy",
-                 description="% of forget samples an SVC confidence attack (retain vs test) calls non-member.")
-def mia_efficacy(ctx) -> MetricResult:
+def _mia_efficacy(ctx, nonmember_split: str) -> MetricResult:
     retain = true_label_confidence(*ctx.logits("retain"))
-    test = true_label_confidence(*ctx.logits("test_all"))
+    nonmembers = true_label_confidence(*ctx.logits(nonmember_split))
     forget = true_label_confidence(*ctx.logits("forget"))
-    m, n = shadow_indices(len(retain), len(test), ctx.seed)
-    return svc_attack(retain[m], test[n], forget)
+    m, n = shadow_indices(len(retain), len(nonmembers), ctx.seed)
+    return svc_attack(retain[m], nonmembers[n], forget)
+
+
+@register_metric("mia_efficacy", version=2, higher_is_better=True, display="MIA-Efficacy",
+                 description="% of forget samples an SVC confidence attack (retain vs test without the "
+                             "forgotten classes) calls non-member.")
+def mia_efficacy(ctx) -> MetricResult:
+    return _mia_efficacy(ctx, "test")
+
+
+@register_metric("mia_efficacy", version=1, higher_is_better=True, display="MIA-Efficacy",
+                 superseded_by="mia_efficacy@2",
+                 description="Superseded by mia_efficacy@2: non-members from the whole test set, also the "
+                             "forgotten classes.")
+def mia_efficacy_whole_test(ctx) -> MetricResult:
+    return _mia_efficacy(ctx, "test_all")
 
 
 @register_metric("mia_loss_auc", higher_is_better=False,

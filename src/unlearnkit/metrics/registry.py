@@ -6,6 +6,10 @@ run's cost). ``@register_metric("ua", version=1, higher_is_better=True)`` stores
 it under the key ``"ua@1"``. A definition that changes gets a new version, so a
 stored figure never silently changes meaning.
 
+A superseded version stays registered (``superseded_by="name@newer"``) so stored
+records keep their definition, but ``evaluate`` computes it only when asked for by
+its full key, and ``list_metrics`` leaves it out unless ``superseded=True``.
+
 ``requires`` names the optional ingredients a metric needs beyond the model and
 the data: ``"reference"`` (a reference model or its ``Evaluation``),
 ``"reference_model"`` (the reference module itself) and ``"result"`` (an
@@ -41,6 +45,7 @@ class MetricSpec:
     description: str
     display: str | None
     unit: str
+    superseded_by: str | None = None
 
     @property
     def key(self) -> str:
@@ -51,11 +56,13 @@ _METRICS: dict[str, MetricSpec] = {}
 
 
 def register_metric(name: str, version: int = 1, *, higher_is_better: bool | None, requires: tuple[str, ...] = (),
-                    description: str = "", display: str | None = None, unit: str = "%"):
+                    description: str = "", display: str | None = None, unit: str = "%",
+                    superseded_by: str | None = None):
     """Function decorator: register ``fn(ctx)`` as metric ``name@version``.
 
     ``higher_is_better`` is ``None`` for figures with no preferred direction (costs are
     ``False``). ``display`` is the short column name used by ``Evaluation.summary``.
+    ``superseded_by`` marks an old version (computed only on request, see the module docstring).
     """
     if not name.replace("_", "").isalnum() or name.lower() != name:
         raise ValueError(f"metric names are lowercase snake_case; got {name!r}")
@@ -67,7 +74,8 @@ def register_metric(name: str, version: int = 1, *, higher_is_better: bool | Non
 
     def wrap(fn):
         spec = MetricSpec(name, version, fn, higher_is_better, tuple(requires),
-                          description or ((fn.__doc__ or "").strip().splitlines() or [""])[0], display, unit)
+                          description or ((fn.__doc__ or "").strip().splitlines() or [""])[0], display, unit,
+                          superseded_by)
         if spec.key in _METRICS:
             raise KeyError(f"metric {spec.key!r} is already registered")
         _METRICS[spec.key] = spec
@@ -76,16 +84,20 @@ def register_metric(name: str, version: int = 1, *, higher_is_better: bool | Non
     return wrap
 
 
-def list_metrics(pattern: str = "*") -> list[str]:
-    """Registered metric keys (``name@version``) matching a shell pattern, in registration order."""
-    return [k for k in _METRICS if fnmatch.fnmatch(k, pattern)]
+def list_metrics(pattern: str = "*", superseded: bool = False) -> list[str]:
+    """Registered metric keys (``name@version``) matching a shell pattern, in registration order.
+
+    Superseded versions are left out unless ``superseded`` is true.
+    """
+    return [k for k, spec in _METRICS.items()
+            if fnmatch.fnmatch(k, pattern) and (superseded or spec.superseded_by is None)]
 
 
 def get_metric(key: str) -> MetricSpec:
     """The spec of ``"name@version"``, or of the newest version of ``"name"``."""
     if key in _METRICS:
         return _METRICS[key]
-    versions = [s for s in _METRICS.values() if s.name == key]
+    versions = [s for s in _METRICS.values() if s.name == key and s.superseded_by is None]
     if versions:
         return max(versions, key=lambda s: s.version)
     names = {s.name: s.key for s in _METRICS.values()}

@@ -33,7 +33,7 @@ from .ledger import line_of
 from .receipt import Receipt, has_batchnorm, recalibrate_batchnorm
 from .versions import PGU_CACHE_FILE, PGU_STAGING_PREFIX, RECEIPT_FILE, version_files
 
-FIGURES = {"forget_acc@1": "forget_acc", "ua@1": "UA", "ra@1": "RA", "ta@1": "TA", "mia_efficacy@1": "MIA-Efficacy"}
+FIGURES = {"forget_acc@1": "forget_acc", "ua@1": "UA", "ra@1": "RA", "ta@1": "TA", "mia_efficacy@2": "MIA-Efficacy"}
 
 
 @dataclass
