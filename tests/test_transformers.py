@@ -62,7 +62,7 @@ def _changed(before: torch.nn.Module, after: torch.nn.Module) -> float:
     ("random_label", dict(epochs=1, lr=1e-2)),
     ("l1_sparse", dict(epochs=1)),
     ("scrub", dict()),
-    ("ssd", dict()),
+    ("ssd", dict(alpha=1.5)),  # per-sample importance selects nothing once alpha >= |D|/|D_f|
 ])
 def test_methods_run_on_a_transformers_classifier(bert, splits, method, options):
     retain, forget = splits

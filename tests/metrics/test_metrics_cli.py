@@ -54,7 +54,8 @@ def test_forget_then_eval_attaches_the_run_cost(checkpoint, tmp_path):
     assert metrics["rte_seconds@1"] == stored["result"]["seconds"]
     assert metrics["sample_passes@1"] == stored["result"]["sample_passes"]
     # another request than the one the run was for: no cost attached
-    assert main(["eval", "-c", str(unlearned), "-f", "class:4", "-o", str(out), "-q"]) == 0
+    assert main(["eval", "-c", str(unlearned), "-f", "class:4", "-o", str(out), "-q"]) == 2  # never overwritten
+    assert main(["eval", "-c", str(unlearned), "-f", "class:4", "-o", str(out), "-q", "--overwrite"]) == 0
     assert "rte_seconds@1" not in json.loads(out.read_text())["metrics"]
 
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..models.outputs import forward
 from ..training import accuracy
 
 
@@ -40,7 +41,7 @@ def relearn_curve(model: nn.Module, train_set: Dataset, eval_set: Dataset, *, st
     curve = [accuracy(model, eval_set)]
     for _ in range(steps):
         idx = torch.randperm(len(y), generator=generator)[:batch].to(device)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss = F.cross_entropy(forward(model, x[idx]), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -43,6 +43,7 @@ from ..data import ArrayDataset, dataset_labels
 from ..data.loading import resolve_arrays, with_label
 from ..errors import UnlearnkitError
 from ..models import classifier_head
+from ..models.outputs import forward
 from ..masking import ParamMask
 from ..training import cross_entropy_step, fit, make_optimizer
 from .base import Method, TrainingConfig, register_method
@@ -143,7 +144,7 @@ def train_random_labels(method: Method, model: nn.Module, retain: Dataset | None
                   counter=method.counter)
 
     def relabelled_step(m, x, y):
-        return F.cross_entropy(m(x), random_labels(y, num_classes, labels, c.labels).to(y.device))
+        return F.cross_entropy(forward(m, x), random_labels(y, num_classes, labels, c.labels).to(y.device))
 
     for epoch in range(c.epochs):
         for group in optimizer.param_groups:

@@ -77,7 +77,8 @@ def _vmapped_squared_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
 
     with warnings.catch_warnings():  # attention kernels without a batching rule run a slower fallback
         warnings.filterwarnings("ignore", message="There is a performance drop")
-        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(trainable, x, y)
+        inputs = dict(x) if isinstance(x, dict) else x  # a plain dict is a pytree vmap can map over
+        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(trainable, inputs, y)
     return {n: g.square().sum(0) for n, g in grads.items()}
 
 
@@ -86,8 +87,7 @@ def _looped_squared_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     named = _trainable(model)
     out = {n: torch.zeros_like(p) for n, p in named}
     for i in range(len(y)):
-        xi = {k: v[i:i + 1] for k, v in x.items()} if isinstance(x, dict) else x[i:i + 1]
-        loss = F.cross_entropy(forward(model, xi), y[i:i + 1])
+        loss = F.cross_entropy(forward(model, x[i:i + 1]), y[i:i + 1])
         for (n, _), g in zip(named, torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)):
             if g is not None:
                 out[n] += g.square()

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from ..models.outputs import forward
 from ..utils import to_jsonable
 
 EXIT_REFUSED = 3  # CLI exit code of a request refused by its acceptance gates
@@ -82,7 +83,7 @@ def recalibrate_batchnorm(model: nn.Module, data: Dataset, *, batch_size: int = 
     model.train()
     try:
         for x, _ in iterate_batches(data, batch_size, device=model_device(model)):
-            model(x)
+            forward(model, x)
     finally:
         for m, mom in zip(layers, momenta):
             m.momentum = mom
