@@ -64,7 +64,7 @@ def test_patch_budget_depends_on_the_sample_not_the_batch():
     torch.testing.assert_close(a.grams["0"], b.grams["0"], rtol=0, atol=1e-10)
     full = pgu.PGUCache.build(conv, [data], max_patches=None, dtype=torch.float64)
     assert a.traces["0"].item() < 0.5 * full.traces["0"].item()  # 4 of 36 patches: far less than all
-    rows = pgu.layer_inputs(conv[0], x).double()
+    rows = pgu.layer_inputs(conv[0], x)[0].double()
     assert torch.allclose(full.grams["0"][0], rows.T @ rows)
 
 
@@ -91,7 +91,7 @@ def test_sample_budget_downdate_equals_recomputation(trained_cnn, digits, class3
 def test_a_request_costs_at_most_five_forget_passes(trained_cnn, digits, class3, tmp_path):
     pgu.prepare(trained_cnn, digits.train, path=tmp_path / "g.safetensors")
     result = uk.unlearn(trained_cnn, None, class3.forget, "pgu", cache=str(tmp_path / "g.safetensors"),
-                        class_target=0.0)  # unreachable: runs the whole pass budget
+                        forgetting="sample")  # no target, no retain set: runs the whole pass budget
     assert result.sample_passes <= 5 * len(class3.forget)
     assert result.sample_passes > 4 * len(class3.forget)
     assert result.info["stop_reason"].startswith("step budget")
