@@ -280,7 +280,7 @@ def prepare(
     data_root: Optional[str] = DataRootOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
-    """PGU's one-time step: per-layer input Gram matrices over a sample of the training set, saved beside the checkpoint."""
+    """PGU's one-time step: per-layer input Grams over a sample of the training set, beside the checkpoint."""
     import time
 
     from .pgu import default_cache_path
