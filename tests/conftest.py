@@ -72,3 +72,16 @@ def trained_cnn(digits):
 @pytest.fixture
 def trained_vit(digits):
     return trained_tiny("vit_tiny", digits)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, digits):
+    """The store tests' checkpoint: a tiny MLP (one hidden layer of 32) trained 2 epochs on digits (helpers:
+    tests/store/store_helpers.py). Test modules with a `checkpoint` fixture of their own override it."""
+    from unlearnkit.workflow import save_model, train_original
+
+    out = tmp_path_factory.mktemp("store-ck") / "mlp"
+    model, meta, _ = train_original("digits", "mlp", uk.Recipe(epochs=2, lr=0.05, batch_size=64), splits=digits,
+                                    model_kwargs={"hidden": 32, "depth": 1})
+    save_model(out, model, meta, {})
+    return out

@@ -136,7 +136,7 @@ CLI_CASES = [
     ("forget-class-out-of-range", F + ["--forget", "class:10"], "outside the label range"),
     ("forget-random-fraction", F + ["--forget", "random:2"], "fraction 0 < F < 1"),
     ("forget-ids-missing-file", F + ["--forget", "ids:{ws}/nope.txt"], "nope.txt"),
-    ("forget-ids-not-integers", F + ["--forget", "ids:{ws}/ids.txt"], "must be integers; found 'three'"),
+    ("forget-ids-not-integers", F + ["--forget", "ids:{ws}/ids.txt"], "must be plain decimal integers"),
     ("forget-spec-unknown", F + ["--forget", "everything"], "Forget spec must be"),
     ("forget-class-empty", F + ["--forget", "class:"], "names no class"),
     ("checkpoint-missing", ["forget", "-c", "{ws}/nowhere", "-f", "class:3", "-o", "{out}", "-q"], "is not an unlearnkit checkpoint"),

@@ -73,7 +73,7 @@ from . import distributed as dist
 from .data.datasets import dataset_labels
 from .data.loading import iterate_batches
 from .errors import UnlearnkitError
-from .models.outputs import forward
+from .models.outputs import call_model, forward
 from .utils import atomic_write_bytes, model_device, stable_hash, state_dict_hash
 
 __all__ = ["PGUCache", "prepare", "target_layers", "sample_ids", "layer_inputs", "layer_patches", "projection_bases",
@@ -275,7 +275,7 @@ def _accumulate(model: nn.Module, sources: Sequence[tuple[Dataset, np.ndarray]],
             start = 0
             for x, _ in iterate_batches(data, batch_size, device=device):
                 batch_ids[:] = [torch.from_numpy(ids[start:start + len(x)])]
-                forward(model, x)
+                call_model(model, x)  # the hooks collect the layer inputs
                 start += len(x)
             count += start
     finally:

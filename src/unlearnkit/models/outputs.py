@@ -51,12 +51,16 @@ def _layout_hint(x: Any) -> str | None:
 
 def forward(model: nn.Module, x: Any) -> torch.Tensor:
     """``model``'s logits for one batch of inputs (see the module docstring)."""
+    return as_logits(call_model(model, x))
+
+
+def call_model(model: nn.Module, x: Any) -> Any:
+    """``model``'s raw output for one batch (keyword inputs spread), e.g. for passes that only run hooks."""
     try:
-        output = model(**x) if isinstance(x, Inputs) else model(x)
+        return model(**x) if isinstance(x, Inputs) else model(x)
     except RuntimeError as e:
         hint = _layout_hint(x)
         if hint is None:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnlearnkitError(f"The model failed on the inputs: {hint} (torch said: {first[:160]}).") from None
-    return as_logits(output)
