@@ -113,6 +113,7 @@ CLI_CASES = [
     ("mixed-precision-unknown", ["--mixed-precision", "fp8"] + T, "Unknown mixed precision 'fp8'"),
     ("subset-for-digits", T + ["--subset", "100"], "takes no argument(s) 'subset'; allowed: test_fraction, split_seed"),
     ("mnist-subset-too-small", TM + ["--data-root", "{ws}/mnist", "--subset", "5"], "'subset' dataset argument must be an int >= 10"),
+    ("mnist-subset-zero", TM + ["--data-root", "{ws}/mnist", "--subset", "0"], "'subset' dataset argument must be an int >= 10"),
     ("mnist-subset-too-large", TM + ["--data-root", "{ws}/mnist", "--subset", "1000"], "exceeds the 60 training samples"),
     # mismatches and given locations
     ("data-root-missing", TM + ["--data-root", "{ws}/nowhere"], "does not exist"),

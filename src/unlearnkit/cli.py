@@ -146,7 +146,7 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, help="Weight decay."),
     schedule: Optional[str] = typer.Option(None, help="constant, cosine or step."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random crop + flip."),
-    subset: Optional[int] = typer.Option(None, help="cifar10 only: a class-balanced subset of N training images."),
+    subset: Optional[int] = typer.Option(None, help="cifar10 and mnist: a class-balanced subset of N training images."),
     model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable), e.g. "
                                         "width=32, pretrained=true, resize=224, weights=FILE."),
     data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
@@ -161,7 +161,7 @@ def train(
     values = dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay,
                   schedule=schedule, augment=augment)
     recipe = Recipe.preset(recipe_name, **{k: v for k, v in values.items() if v is not None})
-    dataset_args = {"subset": subset} if subset else {}
+    dataset_args = {"subset": subset} if subset is not None else {}  # 0 is refused by the loader, not ignored
     net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,
                                        dataset_args=dataset_args, model_kwargs=parse_model_args(model_arg))
 
