@@ -240,3 +240,17 @@ def test_cli_prepare_writes_the_cache_beside_the_checkpoint(trained_cnn, digits,
     cache.check_model(trained_cnn)
     assert len(cache.ids) == len(digits.train)
     assert main(["prepare", "--checkpoint", str(tmp_path / "missing")]) == 2
+
+
+def test_retain_guard_runs_when_the_forget_target_is_met(trained_cnn, class3):
+    """A huge step meets the forget target and wrecks the rest: the guard must see it and roll back (#17)."""
+    config = PGUConfig(lr=20.0, lr_end=20.0, energy=0.01, forgetting="class", class_target=50.0, max_steps=3,
+                       check_every=3, max_retain_drop=5.0)
+    runner = PGU(trained_cnn, config)
+    result = runner.fit(class3.retain, class3.forget)
+    info = result.info
+    assert result.steps > 0 and info["forget_acc_history"][-1] <= 50.0  # the target was met at that check
+    assert "rolled back to step 0" in info["stop_reason"], info["stop_reason"]
+    before, after = uk.accuracy(trained_cnn, class3.retain), uk.accuracy(result.model, class3.retain)
+    assert before - after <= 5.0
+    assert info["check_acc_after"] == pytest.approx(uk.accuracy(result.model, runner._check_set))

@@ -23,8 +23,9 @@ Our choices:
   remaining sample of its classes): stop when forget accuracy <= ``class_target``.
   Sample forgetting: stop when forget accuracy <= ``sample_target``, or, when that
   is None and a held-out ``check_data`` set is given, <= the original model's
-  accuracy on it. Both: stop when the estimated retain accuracy dropped by more
-  than ``max_retain_drop`` points. PGU needs no retain data, so that estimate uses
+  accuracy on it. Both, at every check (also one that meets the target): when the
+  estimated retain accuracy dropped by more than ``max_retain_drop`` points, put back
+  the weights of the last check that passed and stop. PGU needs no retain data, so that estimate uses
   ``check_samples`` retain samples only if a retain set is given, otherwise the
   held-out ``check_data`` (``PGU(..., check_data=...)``) if given, otherwise it is
   skipped. ``max_steps`` caps the run in every case.
@@ -205,20 +206,29 @@ class PGU(Method):
         check_every = c.check_every or max(1, math.ceil(len(forget) / c.batch_size))
         decay = math.log(c.lr_end / c.lr) / max(c.max_steps - 1, 1)
 
+        good: dict = {}  # the weights (and figures) of the last check the retain guard passed
+
         def check() -> str | None:
             acc = accuracy(model, forget)
             self.info["forget_acc_history"].append(round(acc, 3))
+            if self._check_set is not None:  # the guard runs at every check, also one that meets the target
+                now = accuracy(model, self._check_set)
+                if self._check_ref - now > c.max_retain_drop:
+                    with torch.no_grad():
+                        for name, w in weights.items():
+                            w.copy_(good["weights"][name])
+                    self.info["check_acc_after"] = good["check_acc"]
+                    return (f"{self._check_kind} accuracy dropped {self._check_ref - now:.2f} points; "
+                            f"rolled back to step {good['step']}")
+                self.info["check_acc_after"] = now
+                good.update(weights={n: w.detach().clone() for n, w in weights.items()}, check_acc=now, step=step)
             if target is not None and acc <= target:
                 return f"forget accuracy {acc:.2f}% <= target {target:.2f}%"
-            if self._check_set is not None:
-                now = accuracy(model, self._check_set)
-                self.info["check_acc_after"] = now
-                if self._check_ref - now > c.max_retain_drop:
-                    return f"{self._check_kind} accuracy dropped {self._check_ref - now:.2f} points"
             return None
 
         self.info["forget_acc_history"] = []
-        reason, step = check(), 0
+        step = 0
+        reason = check()
         while reason is None and step < c.max_steps:
             for x, y in iterate_batches(forget, c.batch_size, shuffle=True, generator=self.generator,
                                         device=self.device):
