@@ -163,11 +163,16 @@ class Config:
         return getattr(self, new)
 
     @classmethod
-    def all_deprecated_names(cls) -> dict[str, str]:
-        merged: dict[str, str] = {}
+    def _merged_over_bases(cls, attribute: str) -> dict:
+        """A class-level dict ``attribute`` merged over the MRO (subclasses override their bases)."""
+        merged: dict = {}
         for klass in reversed(cls.__mro__):
-            merged.update(getattr(klass, "deprecated_names", {}) or {})
+            merged.update(getattr(klass, attribute, {}) or {})
         return merged
+
+    @classmethod
+    def all_deprecated_names(cls) -> dict[str, str]:
+        return cls._merged_over_bases("deprecated_names")
 
     @classmethod
     def rename_deprecated(cls, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -197,21 +202,19 @@ class Config:
 
     def validate(self) -> None:
         owner = type(self).__name__
-        for name, allowed in self.all_constraints().items():
+        constraints = self.all_constraints()
+        for name, allowed in constraints.items():
             if any(isinstance(c, NameList) for c in allowed):
                 setattr(self, name, NameList.normalize(getattr(self, name)))
         for f in dataclasses.fields(self):
-            allowed = self.all_constraints().get(f.name)
+            allowed = constraints.get(f.name)
             if allowed is not None:
                 check_value(owner, f.name, getattr(self, f.name), allowed)
         self._check_consistency()
 
     @classmethod
     def all_constraints(cls) -> dict[str, list]:
-        merged: dict[str, list] = {}
-        for klass in reversed(cls.__mro__):
-            merged.update(getattr(klass, "constraints", {}) or {})
-        return merged
+        return cls._merged_over_bases("constraints")
 
     def _check_consistency(self) -> None:
         """Override for rules that involve several fields."""

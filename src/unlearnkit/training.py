@@ -67,10 +67,14 @@ def cross_entropy_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
 
 def check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss).all():
-        raise DivergenceError(
-            f"{where}: the loss became {loss.item()} (diverged); lower the learning rate, and check that the "
-            "data has no NaN/inf inputs and the model no non-finite weights. The input model was left unchanged."
-        )
+        raise_diverged(where, loss.item())
+
+
+def raise_diverged(where: str, value: float) -> None:
+    raise DivergenceError(
+        f"{where}: the loss became {value} (diverged); lower the learning rate, and check that the "
+        "data has no NaN/inf inputs and the model no non-finite weights. The input model was left unchanged."
+    )
 
 
 def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.optim.Optimizer, *,
@@ -130,7 +134,7 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
                     bar.advance(1)
                     continue
                 if nonfinite is not None and bool(nonfinite):
-                    check_finite(torch.tensor(float("nan")), description)  # raises: a loss since the last check
+                    raise_diverged(f"{description} (within the last {sync_every} steps)", float("nan"))
                 bar.advance(1, status=f"loss {loss.item():.3f}")
                 if done >= total:
                     if ctx is not None:
@@ -227,14 +231,11 @@ def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int = 512) ->
             logits.append(forward(model, x).float())  # kept on the device: one copy to the host at the end
             labels.append(y)
     model.train(was_training)
-    if logits:
-        logits, labels = [torch.cat(logits).cpu()], [torch.cat(labels).cpu()]
-    if gather:
-        logits, labels = ctx.all_gather_cat(torch.cat(logits)), ctx.all_gather_cat(torch.cat(labels))
-    elif not logits:
+    if not logits:  # an empty dataset (a gathered pass gives every rank at least one sample)
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    else:
-        logits, labels = torch.cat(logits), torch.cat(labels)
+    logits, labels = torch.cat(logits).cpu(), torch.cat(labels).cpu()  # one copy to the host per pass
+    if gather:
+        logits, labels = ctx.all_gather_cat(logits), ctx.all_gather_cat(labels)
     check_labels_in_range(labels, logits.shape[1])
     return logits, labels
 
