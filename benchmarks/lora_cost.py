@@ -65,7 +65,7 @@ def dropout_steps(model_name: str, threads: int, rounds: int = 3) -> None:
     import torch.nn.functional as F
 
     import unlearnkit as uk
-    from unlearnkit.lora import add_lora
+    from unlearnkit.components.lora_adapters import add_lora
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -3,7 +3,7 @@ import torch.nn.functional as F
 
 import unlearnkit as uk
 from unlearnkit.errors import DivergenceError
-from unlearnkit.masking import ParamMask
+from unlearnkit.components.weight_masks import ParamMask
 from unlearnkit.training import Counter, fit, make_optimizer
 
 

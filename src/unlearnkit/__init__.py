@@ -5,15 +5,15 @@ __version__ = "0.1.0"
 from .api import unlearn
 from .audit import audit
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .compact import CompactResult, compact
+from .components.compaction import CompactResult, compact
 from .data import load_dataset, make_unlearning_data, select_forget
 from .errors import DivergenceError, InvalidConfigError, UnlearnkitError
 from .metrics import Evaluation, evaluate
 from .methods import create_method, get_method, list_methods, make_config, register_method
 from .models import create_model, list_models
-from .pruning import PruningResult, prune
+from .components.pruning import PruningResult, prune
 from .training import Recipe, accuracy, train
-from . import pgu  # noqa: E402  (unlearnkit.pgu.prepare, PGUCache)
+from .components import gradient_projection as pgu  # noqa: E402  (kept name: unlearnkit.pgu.prepare, PGUCache)
 
 __all__ = [
     "DivergenceError", "Evaluation", "InvalidConfigError", "Recipe", "UnlearnkitError", "accuracy", "create_method",

@@ -198,7 +198,7 @@ def load_checkpoint(directory: str | os.PathLike, *, num_classes: int | None = N
     args = {k: v for k, v in meta.get("model_args", {}).items() if k not in ("pretrained", "weights")}
     model = create_model(meta["model"], **args)
     if meta.get("compacted"):  # pruned channels were removed: give the layers the file's sizes first
-        from .compact import resize_to
+        from .components.compaction import resize_to
 
         resize_to(model, _weight_shapes(directory))
     load_weights(model, directory)

@@ -227,7 +227,7 @@ def compact_(
 ):
     """Remove pruned channels physically (same outputs, fewer parameters); see docs/methods/pruning.md."""
     from .checkpoint import load_checkpoint
-    from .compact import compact
+    from .components.compaction import compact
     from .workflow import check_output_dir, save_model
 
     _setup(quiet)
@@ -369,8 +369,8 @@ def prepare(
     """PGU's one-time step: per-layer input Gram matrices over the training set, saved beside the checkpoint."""
     import time
 
-    from .pgu import default_cache_path
-    from .pgu import prepare as pgu_prepare
+    from .components.gradient_projection import default_cache_path
+    from .components.gradient_projection import prepare as pgu_prepare
     from .workflow import check_output_file, load_original
 
     _setup(quiet)
@@ -392,7 +392,7 @@ def _is_pgu_cache(path: Path) -> bool:
     """A file `unlearnkit prepare` wrote before (a safetensors file with PGU's header)."""
     from safetensors import SafetensorError, safe_open
 
-    from .pgu import META_KEY
+    from .components.gradient_projection import META_KEY
 
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -22,7 +22,7 @@ from . import distributed as _distributed
 from .config import Config, Interval, Options, field
 from .data.loading import iterate_batches, num_batches
 from .errors import DivergenceError, UnlearnkitError
-from .masking import ParamMask
+from .components.weight_masks import ParamMask
 from .models.outputs import forward
 from .performance import host_sync_every
 from .progress import progress_bar

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 import unlearnkit as uk
-from unlearnkit.masking import ParamMask
+from unlearnkit.components.weight_masks import ParamMask
 from unlearnkit.training import cross_entropy_step, fit, make_optimizer, predict_logits
 
 GLOBAL_BATCH = 64
@@ -63,7 +63,7 @@ def special_state(train) -> dict:
     from unlearnkit.methods.salun import forget_gradients
     from unlearnkit.methods import ssd as ssd_module
     from unlearnkit.methods.ssd import fisher_diagonal
-    from unlearnkit.pgu import PGUCache
+    from unlearnkit.components.gradient_projection import PGUCache
 
     from unlearnkit.training import Counter
 

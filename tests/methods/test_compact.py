@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import unlearnkit as uk
-from unlearnkit.compact import channel_chains
+from unlearnkit.components.compaction import channel_chains
 from unlearnkit.errors import InvalidConfigError, UnlearnkitError
 
 MODELS = {  # name -> (kwargs, input shape)

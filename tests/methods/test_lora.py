@@ -11,8 +11,8 @@ import torch.nn as nn
 import unlearnkit as uk
 from unlearnkit.data.loading import iterate_batches
 from unlearnkit.errors import InvalidConfigError, UnlearnkitError
-from unlearnkit.lora import add_lora, default_rank, resolve_targets
-from unlearnkit.pruning import prune
+from unlearnkit.components.lora_adapters import add_lora, default_rank, resolve_targets
+from unlearnkit.components.pruning import prune
 
 # Fast settings for class-3 forgetting on digits. Retain-only fine-tuning (the default objective) of the
 # ~99%-accurate tiny models barely forgets on digits (tiny CNN, lr 1e-2, batch 32, 2 epochs: 89.6% forget

@@ -15,8 +15,8 @@ import torch.nn as nn
 import unlearnkit as uk
 from unlearnkit.data.loading import iterate_batches
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.lora import add_lora, resolve_targets
-from unlearnkit.pruning import prune
+from unlearnkit.components.lora_adapters import add_lora, resolve_targets
+from unlearnkit.components.pruning import prune
 
 
 class TorchViT(nn.Module):

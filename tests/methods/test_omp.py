@@ -13,7 +13,7 @@ import torch.nn as nn
 import unlearnkit as uk
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods.omp import sparse_original
-from unlearnkit.pruning import prune
+from unlearnkit.components.pruning import prune
 
 # FT on D_r after the sparse original: the paper's FT defaults (Adam 1e-3, 5 epochs of 128) are
 # too few steps on digits to forget, so the forgetting tests use Adam 3e-2, batch 32, 3 epochs (pruning.md).

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 
 import unlearnkit as uk
-from unlearnkit import pgu
+from unlearnkit.components import gradient_projection as pgu
 from unlearnkit.methods.pgu import PGU, PGUConfig, forget_loss
 
 

@@ -9,9 +9,9 @@ from torch.utils.data import Subset
 
 import unlearnkit as uk
 from unlearnkit.errors import InvalidConfigError, UnlearnkitError
-from unlearnkit.masking import ParamMask
+from unlearnkit.components.weight_masks import ParamMask
 from unlearnkit.models import classifier_head
-from unlearnkit.pruning import prunable_layers, prune
+from unlearnkit.components.pruning import prunable_layers, prune
 
 
 class Tiny(nn.Module):

@@ -105,7 +105,7 @@ def test_retrain_policy_after_n_requests(tmp_path, checkpoint):
 
 
 def test_pgu_cache_is_built_once_and_downdated_by_every_request(tmp_path, checkpoint):
-    from unlearnkit.pgu import PGUCache
+    from unlearnkit.components.gradient_projection import PGUCache
 
     st = make_store(tmp_path, checkpoint)
     r1 = st.request(np.arange(0, 10), method="pgu", max_steps=5)

@@ -34,7 +34,7 @@ from ..config import Config, Interval, Options, field
 from ..data.checks import check_unlearning_data
 from ..errors import DivergenceError, UnlearnkitError, unknown_name_error
 from ..training import Counter, StepFn, fit, make_optimizer
-from ..masking import ParamMask
+from ..components.weight_masks import ParamMask
 from ..utils import PeakMemory, count_parameters, environment_info, resolve_device, seed_everything, timer
 
 

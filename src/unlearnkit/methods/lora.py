@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from ..config import Interval, NameList, Options, field
 from ..data.loading import cat_inputs, iterate_batches
 from ..errors import UnlearnkitError
-from ..lora import LoraAdapter, add_lora
-from ..masking import ParamMask
+from ..components.lora_adapters import LoraAdapter, add_lora
+from ..components.weight_masks import ParamMask
 from ..models.outputs import forward
 from ..models.registry import classifier_head
 from ..training import cross_entropy_step

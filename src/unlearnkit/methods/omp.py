@@ -41,8 +41,8 @@ from torch.utils.data import Dataset
 
 from ..config import Interval, Options, field
 from ..errors import UnlearnkitError
-from ..masking import ParamMask
-from ..pruning import PruningResult, prune, pruning_from_zeros
+from ..components.weight_masks import ParamMask
+from ..components.pruning import PruningResult, prune, pruning_from_zeros
 from ..training import Counter, cross_entropy_step, fit, make_optimizer
 from ..utils import resolve_device, seed_everything
 from .base import TrainingConfig, register_method

@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset, Subset
 
-from .. import pgu as gram
+from ..components import gradient_projection as gram
 from ..config import InstanceOf, Interval, Options, field
 from ..data.loading import iterate_batches
 from ..errors import UnlearnkitError

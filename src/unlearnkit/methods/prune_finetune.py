@@ -22,8 +22,8 @@ from typing import Literal
 
 from ..config import Interval, Options, field
 from ..errors import InvalidConfigError
-from ..masking import ParamMask
-from ..pruning import KINDS, PruningResult, prune
+from ..components.weight_masks import ParamMask
+from ..components.pruning import KINDS, PruningResult, prune
 from ..training import cross_entropy_step
 from ..utils import count_parameters
 from .base import Method, TrainingConfig, register_method

@@ -8,10 +8,10 @@ keeps every pruned weight exactly zero.
 
 Choices that are ours:
 
-- Pruning covers every Conv2d and Linear except the head (``unlearnkit.pruning``
+- Pruning covers every Conv2d and Linear except the head (``unlearnkit.components.pruning``
   defaults), the same layers LoRA adapts by default.
 - The mask is applied to the LoRA update *during training* as well: a pruned target
-  computes ``W + mask * (B A) * alpha/r`` (``unlearnkit.lora.LowRankDelta.set_mask``;
+  computes ``W + mask * (B A) * alpha/r`` (``unlearnkit.components.lora_adapters.LowRankDelta.set_mask``;
   for whole pruned filters as a mask on the adapter's output channels), so the adapter
   is trained for exactly the function that the merged model computes; the merge then
   restores every pruned entry bit for bit. Base weights are frozen; a ``ParamMask``
@@ -26,7 +26,7 @@ from typing import Literal
 
 from ..config import Interval, NameList, Options, field
 from ..errors import InvalidConfigError, UnlearnkitError
-from ..pruning import prune
+from ..components.pruning import prune
 from .base import register_method
 from .lora import LoraConfig, LoraMethod
 

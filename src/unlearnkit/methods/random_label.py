@@ -44,7 +44,7 @@ from ..data.loading import resolve_arrays, with_label
 from ..errors import UnlearnkitError
 from ..models import classifier_head
 from ..models.outputs import forward
-from ..masking import ParamMask
+from ..components.weight_masks import ParamMask
 from ..training import cross_entropy_step, fit, make_optimizer
 from .base import Method, TrainingConfig, register_method
 

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from .. import distributed as dist
 from ..config import Interval, field
 from ..data import iterate_batches
-from ..masking import ParamMask
+from ..components.weight_masks import ParamMask
 from ..models.outputs import forward
 from ..training import Counter, cross_entropy_step
 from ..utils import model_device

@@ -237,7 +237,7 @@ class RequestRun:
         if path.is_file():
             store.check_pgu_cache(path)
             return path
-        from .. import pgu
+        from ..components import gradient_projection as pgu
 
         staging = store.versions.models / f"{PGU_STAGING_PREFIX}{uuid.uuid4().hex[:8]}.safetensors"
         pgu.prepare(self.model, Subset(store.splits().train, remaining_ids.tolist()), ids=remaining_ids,
@@ -253,7 +253,7 @@ class RequestRun:
             return None, None
         if self.pgu_cache_path is None:
             self.store.check_pgu_cache(path)
-        from .. import pgu
+        from ..components import gradient_projection as pgu
 
         cache = pgu.PGUCache.load(path)
         ids = self.data.request.ids

@@ -57,8 +57,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from .errors import UnlearnkitError
-from .models.registry import classifier_head
+from ..errors import UnlearnkitError
+from ..models.registry import classifier_head
 
 LORA_LAYER_TYPES = (nn.Linear, nn.Conv2d)
 

@@ -41,10 +41,10 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from .config import Interval, Options, check_value
-from .errors import UnlearnkitError
-from .masking import ParamMask
-from .models.registry import classifier_head
+from ..config import Interval, Options, check_value
+from ..errors import UnlearnkitError
+from .weight_masks import ParamMask
+from ..models.registry import classifier_head
 
 KINDS = ("l2_structured", "magnitude_global")
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -125,7 +125,7 @@ def _select(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Modu
 
 def _norm_masks(model: nn.Module, selected: dict[str, nn.Module], masks: dict[str, torch.Tensor]):
     """Masks of the BatchNorm affine entries that normalise the pruned output channels of ``selected``."""
-    from .compact import channel_chains
+    from .compaction import channel_chains
 
     out: dict[str, torch.Tensor] = {}
     for chain in channel_chains(model):

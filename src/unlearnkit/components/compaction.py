@@ -36,8 +36,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UnlearnkitError
-from .models.registry import classifier_head
+from ..errors import UnlearnkitError
+from ..models.registry import classifier_head
 
 # element-wise maps with f(0) = 0: they keep a zero channel zero, whatever the layout
 ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Identity, nn.Dropout)

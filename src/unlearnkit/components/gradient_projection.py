@@ -61,12 +61,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from . import distributed as dist
-from .data.datasets import dataset_labels
-from .data.loading import iterate_batches
-from .errors import UnlearnkitError
-from .models.outputs import call_model
-from .utils import atomic_write_bytes, model_device, stable_hash, state_dict_hash
+from .. import distributed as dist
+from ..data.datasets import dataset_labels
+from ..data.loading import iterate_batches
+from ..errors import UnlearnkitError
+from ..models.outputs import call_model
+from ..utils import atomic_write_bytes, model_device, stable_hash, state_dict_hash
 
 __all__ = ["PGUCache", "prepare", "target_layers", "sample_ids", "layer_inputs", "projection_bases", "project_",
            "default_cache_path", "CACHE_FILE"]
@@ -479,7 +479,7 @@ def prepare(model: nn.Module, train_data: Dataset, *, ids: Sequence | None = Non
     randomized sketch instead of the dense ``d x d`` Gram. The model is not modified.
     """
     if device is not None:
-        from .utils import resolve_device
+        from ..utils import resolve_device
 
         import copy
 
