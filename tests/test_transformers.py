@@ -1,7 +1,7 @@
 """A transformers sequence classifier (tiny random BERT, no download) through the Python API.
 
 It takes dict batches (input_ids + attention_mask + labels) and returns a ModelOutput
-with ``.logits``: finetune, lora (peft on the attention query/value layers), the
+with ``.logits``: finetune, lora (our adapters on the attention query/value layers), the
 baselines and evaluate() must all run on it and change it.
 """
 

@@ -5,8 +5,7 @@ launch`` put in the environment (rank, world size, master address), initialises 
 process group (NCCL on GPUs, gloo on CPU), pins each process to its GPU
 (``cuda`` = ``cuda:LOCAL_RANK``) and provides autocast and the fp16 gradient scaler.
 We picked Accelerate over Lightning Fabric because it is a thin layer over plain
-``torch.distributed`` that leaves our own loop in charge, and it is already a
-dependency (peft uses it).
+``torch.distributed`` that leaves our own loop in charge.
 
 ``setup(device=..., mixed_precision=...)`` creates the context; without it, every
 loop runs exactly as before (one process, full precision, bit for bit). Under a
