@@ -43,6 +43,7 @@ from typing import Any
 from ..config import Config, Interval, field
 from ..errors import InvalidConfigError, UnlearnkitError, unknown_name_error
 from ..utils import stable_hash
+from .budget import check_budget
 
 SCENARIO_RE = re.compile(r"^(class:\d+(,\d+)*|random:\d*\.\d+)$")
 VARIANT_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -77,6 +78,8 @@ class BenchConfig(Config):
                                         "host copy of images); ignored on the CPU.")
     channels_last: bool = field(False, "Feed image batches in channels-last layout (faster convolutions with "
                                        "bf16 on GPUs).")
+    budget: dict = field({}, "Equal budgets: {sample_passes: N} or {retrain_fraction: F}; each training method's "
+                             "epochs (steps) derived from it, unless its overrides set them (see bench/budget.py).")
     variants: dict = field({}, "Label -> field overrides (e.g. another model, recipe and methods); when set, each "
                                "variant runs into OUT/<label>/ with a shared cache and one report covers them all.")
 
@@ -84,7 +87,7 @@ class BenchConfig(Config):
         "name": [str], "dataset": [str], "dataset_args": [dict], "data_root": [str, None], "model": [str],
         "model_kwargs": [dict], "recipe": [dict], "scenarios": [list], "methods": [dict], "seeds": [list],
         "device": [str], "eval_batch_size": [Interval(int, 1, None)], "test_subset": [Interval(int, 1, None), None],
-        "variants": [dict], "data_on_device": [bool], "channels_last": [bool],
+        "variants": [dict], "data_on_device": [bool], "channels_last": [bool], "budget": [dict],
     }
 
     def __post_init__(self) -> None:
@@ -123,6 +126,7 @@ class BenchConfig(Config):
             raise InvalidConfigError("The 'methods' of a benchmark are empty; e.g. {finetune: {}, retrain: {}}.")
         for method, overrides in self.methods.items():
             self.method_config(method, overrides_only=True)
+        check_budget(self.budget)
         self.variant_configs()  # each variant is validated as a whole config
 
     def variant_configs(self) -> dict[str, "BenchConfig"]:

@@ -35,12 +35,15 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from ..checkpoint import load_checkpoint, read_meta
 from ..errors import UnlearnkitError
 from ..performance import channels_last, move_dataset_to, set_channels_last
 from ..progress import progress_bar
 from ..training import accuracy, predict_logits
 from ..utils import atomic_write_json, environment_info, package_version, resolve_device, stable_hash, state_dict_hash
+from .budget import apply_budget, budget_target
 from .config import BenchConfig, load_bench_config
 
 RECORD_FORMAT = 1
@@ -131,6 +134,64 @@ def evaluate_model(model, data, *, reference=None, result=None, seed: int = 0,
     return {k: float(v) for k, v in ev.metrics.items() if isinstance(v, (int, float))}, record
 
 
+class ForwardOnlyCounter:
+    """A forward pre-hook counting the samples a model sees with autograd off (a forward-only pass).
+
+    Installed on the original before a method copies it (``copy.deepcopy`` keeps hooks, so the
+    method's working copy and any teacher copied from it count too): evaluation checks, PGU's
+    Gram passes, SCRUB's teacher and RFA-LoRA's frozen pass. Forward + backward passes are the
+    methods' own ``sample_passes``; passes inside torch.func transforms (SSD's per-sample
+    gradients, which are forward + backward and already counted) are skipped.
+    """
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def __deepcopy__(self, memo):  # a copied model keeps counting into this one counter
+        return self
+
+    def __call__(self, module, args, kwargs) -> None:
+        if torch.is_grad_enabled() or torch._C._functorch.peek_interpreter_stack() is not None:
+            return
+        self.samples += _batch_length(args, kwargs)
+
+    def attach(self, model) -> None:
+        model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def detach(self, *models) -> None:
+        """Remove this counter from ``models`` (also from copies, whose hook dicts hold it under the same key)."""
+        for model in models:
+            if model is None:
+                continue
+            for key, hook in list(model._forward_pre_hooks.items()):
+                if hook is self:
+                    del model._forward_pre_hooks[key]
+                    model._forward_pre_hooks_with_kwargs.pop(key, None)
+
+
+def _batch_length(args, kwargs) -> int:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, dict):
+            value = next((v for v in value.values() if isinstance(v, torch.Tensor)), None)
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    return 0
+
+
+def counted_unlearn(model, retain, forget, method: str, **kwargs):
+    """``unlearnkit.unlearn`` with its forward-only sample passes counted: (result, forward-only passes)."""
+    from ..api import unlearn
+
+    counter = ForwardOnlyCounter()
+    counter.attach(model)
+    result = None
+    try:
+        result = unlearn(model, retain, forget, method, **kwargs)
+    finally:
+        counter.detach(model, getattr(result, "model", None))
+    return result, counter.samples
+
+
 def per_class_accuracy(model, dataset, num_classes: int) -> list[float]:
     logits, labels = predict_logits(model, dataset)
     pred = logits.argmax(1)
@@ -204,13 +265,18 @@ class BenchRunner:
         path = self.cache / "oracles" / key
         if not self.overwrite and _is_checkpoint(path):
             model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
-            return model, UnlearnResult(model=model, **meta["result"])
+            result = UnlearnResult(model=model, **meta["result"])
+            result.forward_passes = meta.get("forward_passes")  # None: an oracle cached before it was counted
+            return model, result
         base, _ = load_checkpoint(self.cache / "originals" / original_key, num_classes=self.splits.num_classes,
                                   device=self.device)
-        result = unlearn(base, data.retain, data.forget, "retrain", config=config, device=str(self.device), seed=seed,
-                         **method_options_for("retrain", original_meta))
+        result, forward_passes = counted_unlearn(base, data.retain, data.forget, "retrain", config=config,
+                                                 device=str(self.device), seed=seed,
+                                                 **method_options_for("retrain", original_meta))
         save_model(path, result.model, original_meta, {"oracle": {"scenario": scenario, "seed": seed},
-                                                      "result": result.to_dict(), "bench_key": key})
+                                                      "result": result.to_dict(), "bench_key": key,
+                                                      "forward_passes": forward_passes})
+        result.forward_passes = forward_passes
         self.summary.oracles_trained += 1
         return result.model, result
 
@@ -323,6 +389,12 @@ class BenchRunner:
                 config, config_error = c.method_config(method, meta), None
             except UnlearnkitError as e:  # registered after the config was loaded, with overrides it rejects
                 config, config_error = None, {"type": type(e).__name__, "message": str(e)}
+            budget = None
+            if config is not None and c.budget and method != "retrain":
+                target = budget_target(c.budget, oracle_config, len(data.retain))
+                config, budget = apply_budget(method, config, c.methods[method], target, len(data.retain),
+                                              len(data.forget))
+                budget = budget.to_dict()
             config_dict = config.to_dict() if config is not None else c.methods[method]
             options: dict[str, Any] = {}
             if config is not None and hasattr(config, "sparse_key"):
@@ -351,7 +423,7 @@ class BenchRunner:
                 oracle_model, oracle_result = need_oracle()
                 record = self._run_method(method, config, original, data, oracle_model, oracle_result, seed,
                                           options)
-                self._write(path, self._record(method, scenario, seed, fp, meta, status="ok", **record))
+                self._write(path, self._record(method, scenario, seed, fp, meta, status="ok", budget=budget, **record))
             except Exception as e:  # a failing method is recorded and the suite goes on
                 message = (str(e).strip().splitlines() or [""])[0][:500]
                 error = {"type": type(e).__name__, "message": message,
@@ -385,21 +457,22 @@ class BenchRunner:
 
     def _run_method(self, method, config, original, data, oracle_model, oracle_result, seed,
                     options: dict | None = None) -> dict:
-        from ..api import unlearn
-
         if method == "retrain":
             result = oracle_result  # the oracle is retrain with this very config and seed
+            forward_passes = getattr(oracle_result, "forward_passes", None)
         else:
-            result = unlearn(original, data.retain, data.forget, method, config=config, device=str(self.device),
-                             seed=seed, **(options or {}))
+            result, forward_passes = counted_unlearn(original, data.retain, data.forget, method, config=config,
+                                                     device=str(self.device), seed=seed, **(options or {}))
         metrics, evaluation = evaluate_model(result.model, data, reference=oracle_model, result=result, seed=seed,
                                              batch_size=self.config.eval_batch_size)
-        return {"metrics": metrics, "evaluation": evaluation, "config": result.config, "result": result.to_dict(),
+        return {"metrics": metrics, "evaluation": evaluation, "config": result.config,
+                "result": {**result.to_dict(), "forward_passes": forward_passes},
                 "per_class": per_class_accuracy(result.model, self.splits.test, self.splits.num_classes)}
 
     def _record(self, method, scenario, seed, fingerprint, meta, *, status, config, metrics=None, evaluation=None,
-                result=None, per_class=None, error=None) -> dict:
-        return {"format": RECORD_FORMAT, "fingerprint": fingerprint, "status": status, "method": method,
+                result=None, per_class=None, error=None, budget=None) -> dict:
+        extra = {"budget": budget} if budget is not None else {}
+        return {**extra, "format": RECORD_FORMAT, "fingerprint": fingerprint, "status": status, "method": method,
                 "scenario": scenario, "seed": seed, "config": config, "metrics": metrics or {},
                 "evaluation": evaluation, "result": result, "per_class_test_acc": per_class, "error": error,
                 "original": {"weights_sha": meta.get("weights_sha"), "test_accuracy": meta.get("test_accuracy"),
