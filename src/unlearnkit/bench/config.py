@@ -72,6 +72,10 @@ class BenchConfig(Config):
     methods: dict = field({"finetune": {}, "retrain": {}}, "Method name -> config overrides.")
     seeds: list = field([0], "Seeds; each one trains its own original and oracles.")
     test_subset: int | None = field(None, "Evaluate on a seeded class-balanced subset of this many test images.")
+    heldout: int | None = field(None, "Carve this many test images (class-balanced, fixed seed) into a held-out "
+                                      "validation set before test_subset is taken: disjoint from the training data "
+                                      "and from TA's images; given to methods with a check_data option (PGU's "
+                                      "stopping rule).")
     device: str = field("auto", "cpu, cuda, cuda:N or auto.")
     eval_batch_size: int = field(512, "Batch size of the evaluation passes.")
     data_on_device: bool = field(False, "Keep the dataset's images on the accelerator (GPU runs: no per-batch "
@@ -87,6 +91,7 @@ class BenchConfig(Config):
         "name": [str], "dataset": [str], "dataset_args": [dict], "data_root": [str, None], "model": [str],
         "model_kwargs": [dict], "recipe": [dict], "scenarios": [list], "methods": [dict], "seeds": [list],
         "device": [str], "eval_batch_size": [Interval(int, 1, None)], "test_subset": [Interval(int, 1, None), None],
+        "heldout": [Interval(int, 1, None), None],
         "variants": [dict], "data_on_device": [bool], "channels_last": [bool], "budget": [dict],
     }
 

@@ -215,6 +215,13 @@ class BenchRunner:
         self.on_result = on_result
         self.summary = RunSummary(self.out)
         self._splits = None
+        self._heldout = None
+
+    @property
+    def heldout(self):
+        """The held-out validation images (``heldout`` test images set apart), or None."""
+        self.splits
+        return self._heldout
 
     # -- data ----------------------------------------------------------------------------------
     @property
@@ -223,11 +230,18 @@ class BenchRunner:
             from ..data import load_dataset
 
             splits = load_dataset(self.config.dataset, root=self.config.data_root, **self.config.dataset_args)
+            if self.config.heldout:  # carved first, so TA's images (and test_subset's) never include it
+                if self.config.heldout >= len(splits.test):
+                    raise UnlearnkitError(f"heldout: {self.config.heldout} images asked for, but the test set has "
+                                          f"{len(splits.test)}; take fewer than that.")
+                self._heldout, rest = _split_balanced(splits.test, self.config.heldout, seed=HELDOUT_SEED)
+                splits = dataclasses.replace(splits, test=rest)
             if self.config.test_subset and self.config.test_subset < len(splits.test):
                 splits = dataclasses.replace(splits, test=_balanced_subset(splits.test, self.config.test_subset))
             if self.config.data_on_device and self.device.type != "cpu":
-                for part in (splits.train, splits.test):
-                    move_dataset_to(part, self.device)
+                for part in (splits.train, splits.test, self._heldout):
+                    if part is not None:
+                        move_dataset_to(part, self.device)
             self._splits = splits
         return self._splits
 
@@ -310,6 +324,8 @@ class BenchRunner:
         return record
 
     def _fingerprint(self, **parts) -> str:
+        if self.config.heldout:  # only when set: records written without one keep their fingerprints
+            parts["heldout"] = self.config.heldout
         return stable_hash({**parts, "version": package_version(), "format": RECORD_FORMAT,
                             "evaluator": evaluator_name(), "dataset": self.config.dataset,
                             "dataset_args": self.config.dataset_args, "test_subset": self.config.test_subset})
@@ -353,6 +369,7 @@ class BenchRunner:
         return self.summary
 
     def _scenario(self, bar, original, meta, okey, weights, scenario: str, seed: int) -> None:
+        from ..methods import method_options
         from ..workflow import forget_data
 
         c = self.config
@@ -397,6 +414,8 @@ class BenchRunner:
                 budget = budget.to_dict()
             config_dict = config.to_dict() if config is not None else c.methods[method]
             options: dict[str, Any] = {}
+            if config is not None and self.heldout is not None and "check_data" in method_options(method):
+                options["check_data"] = self.heldout
             if config is not None and hasattr(config, "sparse_key"):
                 try:
                     options["sparse_model"] = self._sparse_row(bar, method, config, original, meta, okey, weights,
@@ -481,19 +500,36 @@ class BenchRunner:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def _balanced_subset(dataset, size: int):
-    """A fixed (seed 0) class-balanced subset of ``size`` samples, for cheaper evaluation."""
+HELDOUT_SEED = 1  # apart from test_subset's seed 0
+
+
+def _balanced_indices(dataset, size: int, seed: int):
     import numpy as np
-    from torch.utils.data import Subset
 
     from ..data import dataset_labels
 
     labels = dataset_labels(dataset).numpy()
     classes = np.unique(labels)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     per_class = max(1, size // len(classes))
-    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]))
-    return Subset(dataset, keep.tolist())
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]))
+
+
+def _balanced_subset(dataset, size: int):
+    """A fixed (seed 0) class-balanced subset of ``size`` samples, for cheaper evaluation."""
+    from torch.utils.data import Subset
+
+    return Subset(dataset, _balanced_indices(dataset, size, 0).tolist())
+
+
+def _split_balanced(dataset, size: int, seed: int):
+    """(a fixed class-balanced subset of ``size`` samples, the other samples)."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    picked = _balanced_indices(dataset, size, seed)
+    rest = np.setdiff1d(np.arange(len(dataset)), picked)
+    return Subset(dataset, picked.tolist()), Subset(dataset, rest.tolist())
 
 
 def _is_checkpoint(path: Path) -> bool:
