@@ -44,6 +44,7 @@ from ..config import Config, Interval, field
 from ..errors import InvalidConfigError, UnlearnkitError, unknown_name_error
 from ..utils import stable_hash
 from .budget import check_budget
+from .tuning import check_tuning
 
 SCENARIO_RE = re.compile(r"^(class:\d+(,\d+)*|random:\d*\.\d+)$")
 VARIANT_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -84,6 +85,8 @@ class BenchConfig(Config):
                                        "bf16 on GPUs).")
     budget: dict = field({}, "Equal budgets: {sample_passes: N} or {retrain_fraction: F}; each training method's "
                              "epochs (steps) derived from it, unless its overrides set them (see bench/budget.py).")
+    tuning: dict = field({}, "Defaults and tuned: {seeds: [validation seeds], scenarios: {reported: validation}, "
+                             "grid: {method: {field: [values]}}}; see bench/tuning.py.")
     variants: dict = field({}, "Label -> field overrides (e.g. another model, recipe and methods); when set, each "
                                "variant runs into OUT/<label>/ with a shared cache and one report covers them all.")
 
@@ -93,6 +96,7 @@ class BenchConfig(Config):
         "device": [str], "eval_batch_size": [Interval(int, 1, None)], "test_subset": [Interval(int, 1, None), None],
         "heldout": [Interval(int, 1, None), None],
         "variants": [dict], "data_on_device": [bool], "channels_last": [bool], "budget": [dict],
+        "tuning": [dict],
     }
 
     def __post_init__(self) -> None:
@@ -132,6 +136,7 @@ class BenchConfig(Config):
         for method, overrides in self.methods.items():
             self.method_config(method, overrides_only=True)
         check_budget(self.budget)
+        check_tuning(self)
         self.variant_configs()  # each variant is validated as a whole config
 
     def variant_configs(self) -> dict[str, "BenchConfig"]:
@@ -155,14 +160,16 @@ class BenchConfig(Config):
         return out
 
     # ---------------------------------------------------------------------------------
-    def method_config(self, method: str, meta: dict[str, Any] | None = None, *, overrides_only: bool = False):
-        """The method's config (validated); None when the method is not registered."""
+    def method_config(self, method: str, meta: dict[str, Any] | None = None, *, overrides: dict | None = None,
+                      overrides_only: bool = False):
+        """The method's config (validated; ``overrides`` default: the config's for it); None when not registered."""
         from ..methods import list_methods
         from ..workflow import method_config_for
 
         if method not in list_methods():
             return None
-        overrides = self.methods.get(method, {})
+        if overrides is None:
+            overrides = self.methods.get(method, {})
         if meta is None:
             meta = {"recipe": self.recipe_for(0).to_dict()}
         try:

@@ -507,6 +507,71 @@ def _write(out: Path, bench: dict, md_body: list[str], html_body: list[str],
     return md_path, html_path
 
 
+def _tuning_sections(out: Path, level: int) -> tuple[list[str], list[str]]:
+    """The grid and the choice (OUT/tuning.json) as one table per reported scenario."""
+    path = out / "tuning.json"
+    if not path.is_file():
+        return [], []
+    tuning = json.loads(path.read_text())
+    hx, h = "#" * level, html.escape
+    sizes: dict[str, int] = {}
+    for p in tuning.get("points", []):
+        if p["scenario"] == next(iter(tuning["choice"]), None):
+            sizes[p["method"]] = sizes.get(p["method"], 0) + 1
+    header = ["Method", "Validation scenario", "Grid", "Chosen", "Val. Avg.Gap", "Val. cost ÷ retrain"]
+    md = [f"{hx} Tuning", "", f"Validation seeds {', '.join(map(str, tuning['seeds']))}; criterion: "
+          f"{tuning['criterion']}. Grid and every point's scores: `tuning.json`.", ""]
+    parts = [f"<h{level}>Tuning</h{level}><p class='note'>{h(md[2])}</p>"]
+    for scenario, chosen in tuning["choice"].items():
+        rows = []
+        for method, c in chosen.items():
+            grid = " × ".join(f"{k} {v}" for k, v in tuning["grid"][method].items())
+            picked = (", ".join(f"{k}={v}" for k, v in c["point"].items()) if c.get("point") is not None
+                      else c.get("fallback", "–"))
+            rows.append([method, tuning["scenarios"][scenario], f"{grid} ({sizes.get(method, '?')} points)", picked,
+                         f"{c['avg_gap']:.2f}" if c.get("avg_gap") is not None else "–",
+                         f"{c['cost_fraction']:.3f}" if c.get("cost_fraction") is not None else "–"])
+        md += [f"Scenario `{scenario}`:", "", "| " + " | ".join(header) + " |",
+               "|" + "|".join(["---"] * len(header)) + "|"] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+        parts.append(f"<p>Scenario <code>{h(scenario)}</code>:</p><table><tr>"
+                     + "".join(f"<th>{h(c)}</th>" for c in header) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td>{h(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    return md, parts
+
+
+def _plots_of(out: Path, summary: dict, order: list[str], drawn: dict | None) -> dict[str, bytes]:
+    """The plots of one results folder, drawn once per report (``drawn`` remembers them)."""
+    if drawn is None:
+        return make_plots(summary, order)
+    if str(out) not in drawn:
+        drawn[str(out)] = make_plots(summary, order)
+    return drawn[str(out)]
+
+
+def _benchmark(out: Path, level: int, prefix: str = "",
+               drawn: dict | None = None) -> tuple[dict, list[str], list[str], dict[str, bytes]]:
+    """(bench.json, Markdown lines, HTML parts, plots) of one benchmark folder: the defaults and, when the
+    config had a tuning section, the tuning choice and the tuned tables (OUT/tuned/)."""
+    bench, summary, order = _results(out)
+    plots = _plots_of(out, summary, order, drawn)
+    if not (out / "tuned" / "results").is_dir():
+        return (bench, *_sections(bench, summary, order, plots, level, prefix), plots)
+    hx = "#" * level
+    md, parts = _sections(bench, summary, order, plots, level + 1, prefix)
+    md = [f"{hx} Defaults", "", "Each method with its configured settings (the paper defaults unless the config "
+          "overrides them).", ""] + md
+    parts = [f"<h{level}>Defaults</h{level}>"] + parts
+    t_md, t_parts = _tuning_sections(out, level + 1)
+    t_bench, t_summary, t_order = _results(out / "tuned")
+    t_plots = _plots_of(out / "tuned", t_summary, t_order, drawn)
+    s_md, s_parts = _sections(t_bench, t_summary, t_order, t_plots, level + 1, prefix + "tuned_")
+    md += [f"{hx} Tuned", "", "The tuned methods with the grid point chosen on the validation seeds, run on the "
+           "reported seeds (methods without a grid: see Defaults).", ""] + t_md + s_md
+    parts += [f"<h{level}>Tuned</h{level}>"] + t_parts + s_parts
+    plots = {**plots, **{f"tuned_{k}": v for k, v in t_plots.items()}}
+    return bench, md, parts, plots
+
+
 def write_report(out: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` (+ ``report_files/*.png``) and a self-contained ``report.html`` into ``out``.
 
@@ -516,20 +581,19 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     bench = _read_bench(out)
     if not bench.get("variants"):
-        results = _results(out)
-        plots = make_plots(results[1], results[2])
-        return _write(out, bench, *_sections(*results, plots, 2), plots)
+        bench, md, parts, plots = _benchmark(out, 2)
+        return _write(out, bench, md, parts, plots)
     variants = [v for v in bench["variants"] if (out / v / "results").is_dir()]
     if not variants:
         raise UnlearnkitError(f"{str(out)!r} holds no result records yet; run `unlearnkit bench` first.")
     md: list[str] = []
     parts: list[str] = []
     files: dict[str, bytes] = {}
+    drawn: dict = {}
     for label in variants:
-        results = _results(out / label)
-        plots = make_plots(results[1], results[2])
-        _write(out / label, results[0], *_sections(*results, plots, 2), plots)
-        v_md, v_parts = _sections(*results, plots, 3, prefix=f"{label}_")
+        v_bench, v_md, v_parts, plots = _benchmark(out / label, 2, drawn=drawn)
+        _write(out / label, v_bench, v_md, v_parts, plots)
+        _, v_md, v_parts, _ = _benchmark(out / label, 3, prefix=f"{label}_", drawn=drawn)
         md += [f"## Variant `{label}`", ""] + v_md
         parts += [f"<h2>Variant <code>{html.escape(label)}</code></h2>"] + v_parts
         files.update({f"{label}_{name}": png for name, png in plots.items()})

@@ -206,8 +206,10 @@ def per_class_accuracy(model, dataset, num_classes: int) -> list[float]:
 class BenchRunner:
     def __init__(self, config: BenchConfig, out: str | Path, *, overwrite: bool = False,
                  device: str | None = None, cache_dir: str | Path | None = None,
-                 on_result: Callable[[dict], None] | None = None):
+                 on_result: Callable[[dict], None] | None = None,
+                 rows: dict[str, dict[str, tuple[str, dict]]] | None = None):
         self.config = config
+        self._rows = rows
         self.out = Path(out)
         self.cache = Path(cache_dir) if cache_dir is not None else self.out / "cache"
         self.overwrite = overwrite
@@ -216,6 +218,13 @@ class BenchRunner:
         self.summary = RunSummary(self.out)
         self._splits = None
         self._heldout = None
+
+    def rows(self, scenario: str) -> dict[str, tuple[str, dict]]:
+        """Label -> (method, overrides) of the runs on ``scenario``: the config's methods, unless the runner
+        was given its own rows per scenario (tuning grid points, tuned choices)."""
+        if self._rows is not None:
+            return self._rows[scenario]
+        return {name: (name, overrides) for name, overrides in self.config.methods.items()}
 
     @property
     def heldout(self):
@@ -356,7 +365,8 @@ class BenchRunner:
         atomic_write_json(self.out / "bench.json", {
             "config": c.to_dict(), "config_hash": c.config_hash(), "environment": environment_info(),
             "device": str(self.device), "evaluator": evaluator_name(), "version": package_version()})
-        per_seed = 1 + len(c.scenarios) * (2 + len(c.methods))  # original; per scenario: oracle, original eval, methods
+        per_seed = 1 + sum(2 + len(self.rows(s)) for s in c.scenarios)  # original; per scenario: oracle, original
+        # eval, methods
         with progress_bar(len(c.seeds) * per_seed, f"bench {c.name}") as bar:
             for seed in c.seeds:
                 bar.update(status=f"seed {seed}: original")
@@ -365,8 +375,39 @@ class BenchRunner:
                 weights = meta.get("weights_sha") or state_dict_hash(original)
                 for scenario in c.scenarios:
                     self._scenario(bar, original, meta, okey, weights, scenario, seed)
+        if c.tuning:
+            self._tune_then_run_tuned()
         self.summary.seconds = time.perf_counter() - t_start
         return self.summary
+
+    # -- defaults and tuned ---------------------------------------------------------------------
+    def _tune_then_run_tuned(self) -> None:
+        """The grid on the validation seeds (OUT/tuning/), the choice (OUT/tuning.json), then the chosen
+        configs on the reported seeds (OUT/tuned/); all cached like the defaults."""
+        from .tuning import choose, grid_rows, tuned_rows, validation_scenarios
+
+        c = self.config
+        val_map = validation_scenarios(c, self.splits.num_classes)
+        val_scenarios = list(dict.fromkeys(val_map.values()))
+        common = {**c.to_dict(), "tuning": {}, "variants": {}}
+        val_config = BenchConfig.from_dict({**common, "name": f"{c.name}/tuning", "seeds": c.tuning["seeds"],
+                                            "scenarios": val_scenarios})
+        self._sub_run(val_config, "tuning", grid_rows(c, val_scenarios))
+        tuning = choose(c, load_records(self.out / "tuning"), val_map)
+        atomic_write_json(self.out / "tuning.json", tuning)
+        rows = tuned_rows(c, tuning)
+        tuned_methods = {"retrain": c.methods.get("retrain", {}), **{m: c.methods[m] for m in c.tuning["grid"]}}
+        tuned_config = BenchConfig.from_dict({**common, "name": f"{c.name}/tuned", "methods": tuned_methods})
+        self._sub_run(tuned_config, "tuned", rows)
+
+    def _sub_run(self, config: BenchConfig, folder: str, rows) -> None:
+        sub = BenchRunner(config, self.out / folder, overwrite=self.overwrite, device=str(self.device),
+                          cache_dir=self.cache, on_result=self.on_result, rows=rows)
+        sub._splits, sub._heldout = self._splits, self._heldout  # the same data, loaded once
+        part = sub._run_suite()
+        for name in ("originals_trained", "oracles_trained", "sparse_originals_trained", "computed", "cached"):
+            setattr(self.summary, name, getattr(self.summary, name) + getattr(part, name))
+        self.summary.errors += [f"[{folder}] {e}" for e in part.errors]
 
     def _scenario(self, bar, original, meta, okey, weights, scenario: str, seed: int) -> None:
         from ..methods import method_options
@@ -400,26 +441,25 @@ class BenchRunner:
             self.summary.cached += 1
         bar.advance(2)
 
-        for method in c.methods:
-            path = result_path(self.out, scenario, method, seed)
+        for label, (method, overrides) in self.rows(scenario).items():
+            path = result_path(self.out, scenario, label, seed)
             try:
-                config, config_error = c.method_config(method, meta), None
+                config, config_error = c.method_config(method, meta, overrides=overrides), None
             except UnlearnkitError as e:  # registered after the config was loaded, with overrides it rejects
                 config, config_error = None, {"type": type(e).__name__, "message": str(e)}
             budget = None
             if config is not None and c.budget and method != "retrain":
                 target = budget_target(c.budget, oracle_config, len(data.retain))
-                config, budget = apply_budget(method, config, c.methods[method], target, len(data.retain),
-                                              len(data.forget))
+                config, budget = apply_budget(method, config, overrides, target, len(data.retain), len(data.forget))
                 budget = budget.to_dict()
-            config_dict = config.to_dict() if config is not None else c.methods[method]
+            config_dict = config.to_dict() if config is not None else overrides
             options: dict[str, Any] = {}
             if config is not None and self.heldout is not None and "check_data" in method_options(method):
                 options["check_data"] = self.heldout
             if config is not None and hasattr(config, "sparse_key"):
                 try:
                     options["sparse_model"] = self._sparse_row(bar, method, config, original, meta, okey, weights,
-                                                               oracle_id, need_oracle, data, scenario, seed)
+                                                               oracle_id, need_oracle, data, scenario, seed, label)
                 except Exception as e:  # recorded on the method's row below
                     config, config_error = None, {"type": type(e).__name__, "message": str(e).splitlines()[0][:500]}
             fp = self._fingerprint(method=method, scenario=scenario, seed=seed, original=weights, oracle=oracle_id,
@@ -428,13 +468,13 @@ class BenchRunner:
                 self.summary.cached += 1
                 bar.advance(1)
                 continue
-            bar.update(status=f"seed {seed} {scenario}: {method}")
+            bar.update(status=f"seed {seed} {scenario}: {label}")
             if config is None:
                 from ..methods import list_methods
 
                 error = config_error or {"type": "UnknownMethod",
                                          "message": f"unknown method {method!r}; registered: {', '.join(list_methods())}"}
-                self._write(path, self._record(method, scenario, seed, fp, meta, status="error", error=error,
+                self._write(path, self._record(label, scenario, seed, fp, meta, status="error", error=error,
                                                config=config_dict))
                 bar.advance(1)
                 continue
@@ -442,21 +482,21 @@ class BenchRunner:
                 oracle_model, oracle_result = need_oracle()
                 record = self._run_method(method, config, original, data, oracle_model, oracle_result, seed,
                                           options)
-                self._write(path, self._record(method, scenario, seed, fp, meta, status="ok", budget=budget, **record))
+                self._write(path, self._record(label, scenario, seed, fp, meta, status="ok", budget=budget, **record))
             except Exception as e:  # a failing method is recorded and the suite goes on
                 message = (str(e).strip().splitlines() or [""])[0][:500]
                 error = {"type": type(e).__name__, "message": message,
                          "traceback": traceback.format_exc(limit=-4).splitlines()[-8:]}
-                self._write(path, self._record(method, scenario, seed, fp, meta, status="error", error=error,
+                self._write(path, self._record(label, scenario, seed, fp, meta, status="error", error=error,
                                                config=config_dict))
             bar.advance(1)
 
     def _sparse_row(self, bar, method, config, original, meta, okey, weights, oracle_id, need_oracle, data,
-                    scenario: str, seed: int):
+                    scenario: str, seed: int, label: str):
         """Build (or load) ``method``'s sparse original and record it on this request; returns the model."""
-        bar.update(status=f"seed {seed} {scenario}: {method} sparse original")
+        bar.update(status=f"seed {seed} {scenario}: {label} sparse original")
         model, facts, skey = self.sparse_original(method, config, original, meta, okey, seed)
-        name = sparse_original_name(method)
+        name = sparse_original_name(label)
         path = result_path(self.out, scenario, name, seed)
         fp = self._fingerprint(method=name, scenario=scenario, seed=seed, original=weights, oracle=oracle_id,
                                sparse=skey)
