@@ -229,7 +229,7 @@ class BenchRunner:
     @property
     def heldout(self):
         """The held-out validation images (``heldout`` test images set apart), or None."""
-        self.splits
+        _ = self.splits  # loading the splits carves the held-out set
         return self._heldout
 
     # -- data ----------------------------------------------------------------------------------
