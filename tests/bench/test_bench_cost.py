@@ -77,15 +77,17 @@ def test_rows_carry_cost_fractions_of_their_seeds_oracle(run):
         / (retrain_passes + records["retrain"]["result"]["forward_passes"] / 3))
     assert ft["time_fraction"]["mean"] == pytest.approx(ft_result["seconds"] / records["retrain"]["result"]["seconds"])
     assert s["retrain"]["agg"]["cost_fraction"]["mean"] == pytest.approx(1.0)
-    expected = (pgu["sample_passes"] + pgu["forward_passes"] / 3) / (retrain_passes + records["retrain"]["result"]["forward_passes"] / 3)
+    retrain_work = retrain_passes + records["retrain"]["result"]["forward_passes"] / 3
+    expected = (pgu["sample_passes"] + pgu["forward_passes"] / 3) / retrain_work
     assert s["pgu"]["agg"]["cost_fraction"]["mean"] == pytest.approx(expected)
 
 
 def test_report_shows_cost_columns_originals_fit_gap_to_close_and_pareto(run):
     md, html = write_report(run)
     text = md.read_text()
-    for needle in ("Cost ÷ retrain", "Time ÷ retrain", "Passes (f+b)", "Fwd-only", "Original: retain (train) accuracy",
-                   "test accuracy", "Gap to close", "report_files/pareto_cost.png"):
+    for needle in ("Cost ÷ retrain", "Time ÷ retrain", "Passes (f+b)", "Fwd-only",
+                   "Original: retain (train) accuracy", "test accuracy", "Gap to close",
+                   "report_files/pareto_cost.png"):
         assert needle in text, needle
     assert (run / "report_files" / "pareto_cost.png").stat().st_size > 1000
     assert "Gap to close" in html.read_text()

@@ -214,7 +214,8 @@ def originals_line(s: dict) -> str | None:
     agg = s["methods"].get(ORIGINAL, {}).get("agg") or {}
     if not agg:
         return None
-    parts = [f"retain (train) accuracy {_fmt(agg.get('ra'), 2)}", f"forget-set accuracy {_fmt(agg.get('forget_acc'), 2)}",
+    parts = [f"retain (train) accuracy {_fmt(agg.get('ra'), 2)}",
+             f"forget-set accuracy {_fmt(agg.get('forget_acc'), 2)}",
              f"test accuracy {_fmt(agg.get('original_test_accuracy'), 2)} (whole test set)"]
     line = "Original: " + ", ".join(parts) + "."
     if "gap_ua" in agg:
@@ -412,9 +413,10 @@ NOTE = ("UA = 100 − forget accuracy, RA = retain accuracy, TA = test accuracy 
         "unlearning (retrain: training from scratch), of which prep. = the method's prepare step (pruning, masks, a "
         "teacher copy; for pgu the Gram matrices, which `unlearnkit prepare` computes once ahead of all requests). "
         "Passes (f+b) = forward + backward sample passes the method's training counted; Fwd-only = samples through "
-        "the model with autograd off during the run (evaluation checks, Gram passes, teachers, frozen passes; – = not "
-        "counted by the run that wrote the record); Cost ÷ retrain = (f+b + Fwd-only / 3) / the same sum of the retrain "
-        "oracle, and Time ÷ retrain = RTE / the oracle's RTE, both against the same seed and scenario's oracle. "
+        "the model with autograd off during the run (evaluation checks, Gram passes, teachers, frozen passes; "
+        "– = not counted by the run that wrote the record); Cost ÷ retrain = (f+b + Fwd-only / 3) / the same sum "
+        "of the retrain oracle, and Time ÷ retrain = RTE / the oracle's RTE, both against the same seed and "
+        "scenario's oracle. "
         "Bold: closest to retrain (UA, RA, TA, MIA-Eff.) or lowest (Avg.Gap) among the unlearning methods. "
         "Mean ± std over seeds.")
 
