@@ -63,7 +63,7 @@ def test_end_to_end_writes_results_and_both_reports(first_run):
         assert needle in text
     assert (out / "report_files" / "forget_vs_retain.png").stat().st_size > 1000
     page = html.read_text()
-    assert page.count("data:image/png;base64,") == 3  # frontier, forget vs retain, per-class
+    assert page.count("data:image/png;base64,") == 4  # Pareto, frontier, forget vs retain, per-class
     assert "report_files/" not in page  # self-contained
     assert "<b>" in page  # the best cell is bold
 
@@ -229,7 +229,7 @@ def test_variants_run_into_their_folders_with_one_cache_and_one_report(tmp_path,
         assert needle in text, needle
     assert (out / "report_files" / "cnn8_forget_vs_retain.png").is_file()
     assert (out / "mlp" / "report.md").is_file()  # each variant also has its own report
-    assert html.read_text().count("data:image/png;base64,") == 6
+    assert html.read_text().count("data:image/png;base64,") == 8
     again = run_benchmark(VARIANTS, out)
     assert not again.trained_anything and again.cached == 6
 

@@ -43,6 +43,8 @@ from typing import Any
 from ..config import Config, Interval, field
 from ..errors import InvalidConfigError, UnlearnkitError, unknown_name_error
 from ..utils import stable_hash
+from .budget import check_budget
+from .tuning import check_tuning
 
 SCENARIO_RE = re.compile(r"^(class:\d+(,\d+)*|random:\d*\.\d+)$")
 VARIANT_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -71,12 +73,20 @@ class BenchConfig(Config):
     methods: dict = field({"finetune": {}, "retrain": {}}, "Method name -> config overrides.")
     seeds: list = field([0], "Seeds; each one trains its own original and oracles.")
     test_subset: int | None = field(None, "Evaluate on a seeded class-balanced subset of this many test images.")
+    heldout: int | None = field(None, "Carve this many test images (class-balanced, fixed seed) into a held-out "
+                                      "validation set before test_subset is taken: disjoint from the training data "
+                                      "and from TA's images; given to methods with a check_data option (PGU's "
+                                      "stopping rule).")
     device: str = field("auto", "cpu, cuda, cuda:N or auto.")
     eval_batch_size: int = field(512, "Batch size of the evaluation passes.")
     data_on_device: bool = field(False, "Keep the dataset's images on the accelerator (GPU runs: no per-batch "
                                         "host copy of images); ignored on the CPU.")
     channels_last: bool = field(False, "Feed image batches in channels-last layout (faster convolutions with "
                                        "bf16 on GPUs).")
+    budget: dict = field({}, "Equal budgets: {sample_passes: N} or {retrain_fraction: F}; each training method's "
+                             "epochs (steps) derived from it, unless its overrides set them (see bench/budget.py).")
+    tuning: dict = field({}, "Defaults and tuned: {seeds: [validation seeds], scenarios: {reported: validation}, "
+                             "grid: {method: {field: [values]}}}; see bench/tuning.py.")
     variants: dict = field({}, "Label -> field overrides (e.g. another model, recipe and methods); when set, each "
                                "variant runs into OUT/<label>/ with a shared cache and one report covers them all.")
 
@@ -84,7 +94,9 @@ class BenchConfig(Config):
         "name": [str], "dataset": [str], "dataset_args": [dict], "data_root": [str, None], "model": [str],
         "model_kwargs": [dict], "recipe": [dict], "scenarios": [list], "methods": [dict], "seeds": [list],
         "device": [str], "eval_batch_size": [Interval(int, 1, None)], "test_subset": [Interval(int, 1, None), None],
-        "variants": [dict], "data_on_device": [bool], "channels_last": [bool],
+        "heldout": [Interval(int, 1, None), None],
+        "variants": [dict], "data_on_device": [bool], "channels_last": [bool], "budget": [dict],
+        "tuning": [dict],
     }
 
     def __post_init__(self) -> None:
@@ -123,6 +135,8 @@ class BenchConfig(Config):
             raise InvalidConfigError("The 'methods' of a benchmark are empty; e.g. {finetune: {}, retrain: {}}.")
         for method, overrides in self.methods.items():
             self.method_config(method, overrides_only=True)
+        check_budget(self.budget)
+        check_tuning(self)
         self.variant_configs()  # each variant is validated as a whole config
 
     def variant_configs(self) -> dict[str, "BenchConfig"]:
@@ -146,14 +160,16 @@ class BenchConfig(Config):
         return out
 
     # ---------------------------------------------------------------------------------
-    def method_config(self, method: str, meta: dict[str, Any] | None = None, *, overrides_only: bool = False):
-        """The method's config (validated); None when the method is not registered."""
+    def method_config(self, method: str, meta: dict[str, Any] | None = None, *, overrides: dict | None = None,
+                      overrides_only: bool = False):
+        """The method's config (validated; ``overrides`` default: the config's for it); None when not registered."""
         from ..methods import list_methods
         from ..workflow import method_config_for
 
         if method not in list_methods():
             return None
-        overrides = self.methods.get(method, {})
+        if overrides is None:
+            overrides = self.methods.get(method, {})
         if meta is None:
             meta = {"recipe": self.recipe_for(0).to_dict()}
         try:

@@ -28,7 +28,9 @@ from .runner import ORIGINAL, is_before_row, load_records, scenario_slug, sparse
 
 # (column title, metric name, decimals)
 COLUMNS = [("UA", "ua", 2), ("RA", "ra", 2), ("TA", "ta", 2), ("MIA-Eff.", "mia_efficacy", 2),
-           ("Avg.Gap", "avg_gap", 2), ("RTE (s)", "rte_seconds", 1), ("of which prep. (s)", "prepare_seconds", 1)]
+           ("Avg.Gap", "avg_gap", 2), ("RTE (s)", "rte_seconds", 1), ("of which prep. (s)", "prepare_seconds", 1),
+           ("Passes (f+b)", "sample_passes", 0), ("Fwd-only", "forward_passes", 0),
+           ("Cost ÷ retrain", "cost_fraction", 3), ("Time ÷ retrain", "time_fraction", 3)]
 CLOSEST_TO_RETRAIN = ("ua", "ra", "ta", "mia_efficacy")
 LOWEST = ("avg_gap",)
 
@@ -56,9 +58,48 @@ def _aggregate(values: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
+FORWARD_ONLY_WEIGHT = 1 / 3  # a forward-only pass against a forward + backward one (a backward ~ 2 forwards)
+
+
+def run_cost(record: dict) -> dict[str, float]:
+    """A record's cost: forward + backward sample passes, forward-only passes (when counted), seconds."""
+    result = record.get("result") or {}
+    metrics = {_base(k): v for k, v in (record.get("metrics") or {}).items()}
+    cost = {}
+    for name, value in (("sample_passes", result.get("sample_passes", metrics.get("sample_passes"))),
+                        ("forward_passes", result.get("forward_passes")),
+                        ("seconds", result.get("seconds", metrics.get("rte_seconds")))):
+        if value is not None:
+            cost[name] = float(value)
+    return cost
+
+
+def _work(cost: dict[str, float]) -> float:
+    return cost["sample_passes"] + FORWARD_ONLY_WEIGHT * cost.get("forward_passes", 0.0)
+
+
+def cost_fractions(cost: dict[str, float], retrain: dict[str, float] | None) -> dict[str, float]:
+    """Cost as a fraction of the same seed and scenario's retrain oracle.
+
+    ``cost_fraction`` = work / retrain's work, work = f+b passes + FORWARD_ONLY_WEIGHT x forward-only
+    passes (these count as 0 where a record predates their counting); ``time_fraction`` = seconds /
+    retrain's seconds.
+    """
+    out: dict[str, float] = {}
+    if not retrain:
+        return out
+    if retrain.get("sample_passes") and "sample_passes" in cost:
+        out["cost_fraction"] = _work(cost) / _work(retrain)
+    if retrain.get("seconds") and "seconds" in cost:
+        out["time_fraction"] = cost["seconds"] / retrain["seconds"]
+    return out
+
+
 def summarise(records: list[dict]) -> dict[str, Any]:
     """Per scenario: methods in order (original, retrain, then config order), aggregates and errors."""
     scenarios: dict[str, dict[str, Any]] = {}
+    retrain_cost = {(r["scenario"], r["seed"]): run_cost(r) for r in records
+                    if r.get("method") == "retrain" and r.get("status") == "ok"}
     for r in records:
         s = scenarios.setdefault(r["scenario"], {"methods": {}, "errors": [], "per_class": {}})
         m = s["methods"].setdefault(r["method"], {"runs": [], "errors": []})
@@ -67,6 +108,18 @@ def summarise(records: list[dict]) -> dict[str, Any]:
             prepare = (r.get("result") or {}).get("prepare_seconds")
             if prepare is not None:  # masks, teachers, Gram matrices: the part a store can do ahead of requests
                 run["prepare_seconds"] = float(prepare)
+            if not is_before_row(r["method"]):
+                cost = run_cost(r)
+                if "forward_passes" in cost:
+                    run["forward_passes"] = cost["forward_passes"]
+                run.update(cost_fractions(cost, retrain_cost.get((r["scenario"], r["seed"]))))
+            budget = r.get("budget")
+            if budget:
+                m.setdefault("budget", []).append(budget)
+                if "sample_passes" in run and budget.get("target"):
+                    run["budget_share"] = 100.0 * float(run["sample_passes"]) / budget["target"]
+            if r["method"] == ORIGINAL:
+                run["original_test_accuracy"] = (r.get("original") or {}).get("test_accuracy")
             m["runs"].append(run)
             if r.get("per_class_test_acc"):
                 s["per_class"].setdefault(r["method"], []).append(r["per_class_test_acc"])
@@ -122,17 +175,60 @@ def _best(s: dict) -> dict[str, str]:
 
 
 def _fmt(stat: dict | None, decimals: int) -> str:
-    if not stat:
+    if not stat or stat.get("n", 1) == 0 or math.isnan(stat["mean"]):
         return "–"
     mean, std = stat["mean"], stat.get("std", 0.0)
+    spec = ",.0f" if decimals == 0 else f".{decimals}f"  # counts get thousands separators
     if stat.get("n", 1) > 1:
-        return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
-    return f"{mean:.{decimals}f}"
+        return f"{mean:{spec}} ± {std:{spec}}"
+    return f"{mean:{spec}}"
+
+
+def _budget_cell(m: dict) -> str:
+    """The f+b passes a method used as a share of the budget, and what set its epochs (or steps)."""
+    plans = m.get("budget") or []
+    if not plans:
+        return "–"
+    plan = plans[0]
+    share = m["agg"].get("budget_share", {}).get("mean")
+    used = f"{share:.0f}%" if share is not None and not math.isnan(share) else "–"
+    if plan["how"] == "derived":
+        values = sorted({p["value"] for p in plans})
+        knob = "max steps (a cap)" if plan["knob"] == "max_steps" else plan["knob"]
+        return f"{used} ({knob} {'/'.join(map(str, values))} from the budget)"
+    if plan["how"] == "set by the config":
+        return f"{used} ({plan['knob']} {plan['value']} set by the config)"
+    return f"{used} ({plan['how']})"
+
+
+def budget_line(s: dict) -> str | None:
+    targets = sorted({p["target"] for m in s["methods"].values() for p in m.get("budget", [])})
+    if not targets:
+        return None
+    return (f"Budget: {'/'.join(f'{t:,}' for t in targets)} forward + backward sample passes per method "
+            "(per seed where it is a fraction of retrain's); 'Of budget' = the passes a method used ÷ the budget.")
+
+
+def originals_line(s: dict) -> str | None:
+    """The original's fit of its data and the gap a method has to close (its UA against retrain's)."""
+    agg = s["methods"].get(ORIGINAL, {}).get("agg") or {}
+    if not agg:
+        return None
+    parts = [f"retain (train) accuracy {_fmt(agg.get('ra'), 2)}",
+             f"forget-set accuracy {_fmt(agg.get('forget_acc'), 2)}",
+             f"test accuracy {_fmt(agg.get('original_test_accuracy'), 2)} (whole test set)"]
+    line = "Original: " + ", ".join(parts) + "."
+    if "gap_ua" in agg:
+        line += (f" Gap to close: |UA(original) − UA(retrain)| = {_fmt(agg['gap_ua'], 2)} points "
+                 "(the original's UA gap to the retrain oracle; a method cannot do better than close it).")
+    return line
 
 
 def table_rows(s: dict, config_order: list[str]) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     """Header and rows of (text, bold) cells for one scenario."""
-    header = ["Method"] + [c[0] for c in COLUMNS] + ["Speed-up", "Peak mem (MB)", "Trainable params", "Seeds"]
+    budgeted = any(m.get("budget") for m in s["methods"].values())
+    header = (["Method"] + [c[0] for c in COLUMNS] + ["Speed-up", "Peak mem (MB)", "Trainable params"]
+              + (["Of budget"] if budgeted else []) + ["Seeds"])
     best = _best(s)
     rows = []
     for name in _order(s["methods"], config_order):
@@ -150,6 +246,8 @@ def table_rows(s: dict, config_order: list[str]) -> tuple[list[str], list[list[t
         row.append((_fmt(agg.get("peak_memory_mb"), 0), False))
         tp = agg.get("trainable_params", {}).get("mean")
         row.append((f"{int(round(tp)):,}" if tp is not None else "–", False))
+        if budgeted:
+            row.append((_budget_cell(m), False))
         n_err = len(m["errors"])
         row.append((f"{len(m['runs'])}" + (f" (+{n_err} failed)" if n_err else ""), False))
         rows.append(row)
@@ -164,6 +262,29 @@ def _png(fig) -> bytes:
 
     plt.close(fig)
     return buf.getvalue()
+
+
+def pareto_points(s: dict, config_order: list[str]) -> list[tuple[str, float, float]]:
+    """(method, mean cost fraction, mean Avg.Gap) of every method with both, retrain and the 'before' rows excluded."""
+    points = []
+    for meth in _order(s["methods"], config_order):
+        agg = s["methods"][meth]["agg"]
+        if is_before_row(meth) or meth == "retrain" or "avg_gap" not in agg or "cost_fraction" not in agg:
+            continue
+        x, y = agg["cost_fraction"]["mean"], agg["avg_gap"]["mean"]
+        if not (math.isnan(x) or math.isnan(y)):
+            points.append((meth, max(x, 1e-6), y))
+    return points
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """The points no other point beats on both cost and Avg.Gap, by increasing cost."""
+    front, best = [], math.inf
+    for p in sorted(points, key=lambda p: (p[1], p[2])):
+        if p[2] < best:
+            front.append(p)
+            best = p[2]
+    return front
 
 
 def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
@@ -197,6 +318,23 @@ def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
         ax.grid(alpha=0.3)
     fig.suptitle("Efficiency frontier: Avg.Gap vs run time")
     plots["avg_gap_vs_time"] = _png(fig)
+
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
+    for ax, scen in zip(axes[0], names):
+        points = pareto_points(summary[scen], config_order)
+        for meth, x, y in points:
+            ax.plot(x, y, "o", color=color[meth])
+            ax.annotate(meth, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+        front = pareto_front(points)
+        if len(front) > 1:
+            ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="0.5", lw=1, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("cost ÷ retrain (sample passes, log)")
+        ax.set_ylabel("Avg.Gap to retrain (lower is better)")
+        ax.set_title(scen)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Pareto: Avg.Gap vs cost as a fraction of retrain (dashed: the non-dominated methods)")
+    plots["pareto_cost"] = _png(fig)
 
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
     for ax, scen in zip(axes[0], names):
@@ -274,6 +412,11 @@ NOTE = ("UA = 100 − forget accuracy, RA = retain accuracy, TA = test accuracy 
         "|metric − retrain| over UA, RA, TA, MIA (all in %; lower Avg.Gap is better). RTE = wall-clock seconds of the "
         "unlearning (retrain: training from scratch), of which prep. = the method's prepare step (pruning, masks, a "
         "teacher copy; for pgu the Gram matrices, which `unlearnkit prepare` computes once ahead of all requests). "
+        "Passes (f+b) = forward + backward sample passes the method's training counted; Fwd-only = samples through "
+        "the model with autograd off during the run (evaluation checks, Gram passes, teachers, frozen passes; "
+        "– = not counted by the run that wrote the record); Cost ÷ retrain = (f+b + Fwd-only / 3) / the same sum "
+        "of the retrain oracle, and Time ÷ retrain = RTE / the oracle's RTE, both against the same seed and "
+        "scenario's oracle. "
         "Bold: closest to retrain (UA, RA, TA, MIA-Eff.) or lowest (Avg.Gap) among the unlearning methods. "
         "Mean ± std over seeds.")
 
@@ -314,12 +457,16 @@ def _sections(bench: dict, summary: dict, config_order: list[str], plots: dict[s
     parts: list[str] = []
     for scen, s in summary.items():
         header, rows = table_rows(s, config_order)
-        md += [f"{hx} Scenario `{scen}`", "", "| " + " | ".join(header) + " |",
-               "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        md += [f"{hx} Scenario `{scen}`", ""]
+        parts.append(f"<h{level}>Scenario <code>{h(scen)}</code></h{level}>")
+        for line in (originals_line(s), budget_line(s)):
+            if line:
+                md += [line, ""]
+                parts.append(f"<p>{h(line)}</p>")
+        md += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
         md += ["| " + " | ".join(f"**{t}**" if b and t else t for t, b in row) + " |" for row in rows]
         md.append("")
-        parts.append(f"<h{level}>Scenario <code>{h(scen)}</code></h{level}><table><tr>"
-                     + "".join(f"<th>{h(c)}</th>" for c in header) + "</tr>")
+        parts.append("<table><tr>" + "".join(f"<th>{h(c)}</th>" for c in header) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{'<b>' + h(t) + '</b>' if b and t else h(t)}</td>" for t, b in row)
                   + "</tr>" for row in rows]
         parts.append("</table>")
@@ -332,10 +479,12 @@ def _sections(bench: dict, summary: dict, config_order: list[str], plots: dict[s
         if name in plots:
             md += [f"![per-class accuracy, {scen}](report_files/{prefix}{name}.png)", ""]
             parts.append(_img(plots[name], f"per-class accuracy, {scen}"))
-    md += [f"{hx} Plots", "", f"![Avg.Gap vs time](report_files/{prefix}avg_gap_vs_time.png)", "",
+    md += [f"{hx} Plots", "", f"![Pareto: Avg.Gap vs cost fraction](report_files/{prefix}pareto_cost.png)", "",
+           f"![Avg.Gap vs time](report_files/{prefix}avg_gap_vs_time.png)", "",
            f"![forget vs retain accuracy](report_files/{prefix}forget_vs_retain.png)", "", f"{hx} Environment", ""]
     md += [f"- **{k}**: {v}" for k, v in _env_lines(bench)] + [""]
     parts.append(f"<h{level}>Plots</h{level}>")
+    parts.append(_img(plots["pareto_cost"], "Pareto: Avg.Gap vs cost fraction"))
     parts.append(_img(plots["avg_gap_vs_time"], "Avg.Gap vs time"))
     parts.append(_img(plots["forget_vs_retain"], "forget vs retain accuracy"))
     parts.append(f"<h{level}>Environment</h{level}><table>" + "".join(
@@ -360,6 +509,71 @@ def _write(out: Path, bench: dict, md_body: list[str], html_body: list[str],
     return md_path, html_path
 
 
+def _tuning_sections(out: Path, level: int) -> tuple[list[str], list[str]]:
+    """The grid and the choice (OUT/tuning.json) as one table per reported scenario."""
+    path = out / "tuning.json"
+    if not path.is_file():
+        return [], []
+    tuning = json.loads(path.read_text())
+    hx, h = "#" * level, html.escape
+    sizes: dict[str, int] = {}
+    for p in tuning.get("points", []):
+        if p["scenario"] == next(iter(tuning["choice"]), None):
+            sizes[p["method"]] = sizes.get(p["method"], 0) + 1
+    header = ["Method", "Validation scenario", "Grid", "Chosen", "Val. Avg.Gap", "Val. cost ÷ retrain"]
+    md = [f"{hx} Tuning", "", f"Validation seeds {', '.join(map(str, tuning['seeds']))}; criterion: "
+          f"{tuning['criterion']}. Grid and every point's scores: `tuning.json`.", ""]
+    parts = [f"<h{level}>Tuning</h{level}><p class='note'>{h(md[2])}</p>"]
+    for scenario, chosen in tuning["choice"].items():
+        rows = []
+        for method, c in chosen.items():
+            grid = " × ".join(f"{k} {v}" for k, v in tuning["grid"][method].items())
+            picked = (", ".join(f"{k}={v}" for k, v in c["point"].items()) if c.get("point") is not None
+                      else c.get("fallback", "–"))
+            rows.append([method, tuning["scenarios"][scenario], f"{grid} ({sizes.get(method, '?')} points)", picked,
+                         f"{c['avg_gap']:.2f}" if c.get("avg_gap") is not None else "–",
+                         f"{c['cost_fraction']:.3f}" if c.get("cost_fraction") is not None else "–"])
+        md += [f"Scenario `{scenario}`:", "", "| " + " | ".join(header) + " |",
+               "|" + "|".join(["---"] * len(header)) + "|"] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+        parts.append(f"<p>Scenario <code>{h(scenario)}</code>:</p><table><tr>"
+                     + "".join(f"<th>{h(c)}</th>" for c in header) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td>{h(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    return md, parts
+
+
+def _plots_of(out: Path, summary: dict, order: list[str], drawn: dict | None) -> dict[str, bytes]:
+    """The plots of one results folder, drawn once per report (``drawn`` remembers them)."""
+    if drawn is None:
+        return make_plots(summary, order)
+    if str(out) not in drawn:
+        drawn[str(out)] = make_plots(summary, order)
+    return drawn[str(out)]
+
+
+def _benchmark(out: Path, level: int, prefix: str = "",
+               drawn: dict | None = None) -> tuple[dict, list[str], list[str], dict[str, bytes]]:
+    """(bench.json, Markdown lines, HTML parts, plots) of one benchmark folder: the defaults and, when the
+    config had a tuning section, the tuning choice and the tuned tables (OUT/tuned/)."""
+    bench, summary, order = _results(out)
+    plots = _plots_of(out, summary, order, drawn)
+    if not (out / "tuned" / "results").is_dir():
+        return (bench, *_sections(bench, summary, order, plots, level, prefix), plots)
+    hx = "#" * level
+    md, parts = _sections(bench, summary, order, plots, level + 1, prefix)
+    md = [f"{hx} Defaults", "", "Each method with its configured settings (the paper defaults unless the config "
+          "overrides them).", ""] + md
+    parts = [f"<h{level}>Defaults</h{level}>"] + parts
+    t_md, t_parts = _tuning_sections(out, level + 1)
+    t_bench, t_summary, t_order = _results(out / "tuned")
+    t_plots = _plots_of(out / "tuned", t_summary, t_order, drawn)
+    s_md, s_parts = _sections(t_bench, t_summary, t_order, t_plots, level + 1, prefix + "tuned_")
+    md += [f"{hx} Tuned", "", "The tuned methods with the grid point chosen on the validation seeds, run on the "
+           "reported seeds (methods without a grid: see Defaults).", ""] + t_md + s_md
+    parts += [f"<h{level}>Tuned</h{level}>"] + t_parts + s_parts
+    plots = {**plots, **{f"tuned_{k}": v for k, v in t_plots.items()}}
+    return bench, md, parts, plots
+
+
 def write_report(out: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` (+ ``report_files/*.png``) and a self-contained ``report.html`` into ``out``.
 
@@ -369,20 +583,19 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     bench = _read_bench(out)
     if not bench.get("variants"):
-        results = _results(out)
-        plots = make_plots(results[1], results[2])
-        return _write(out, bench, *_sections(*results, plots, 2), plots)
+        bench, md, parts, plots = _benchmark(out, 2)
+        return _write(out, bench, md, parts, plots)
     variants = [v for v in bench["variants"] if (out / v / "results").is_dir()]
     if not variants:
         raise UnlearnkitError(f"{str(out)!r} holds no result records yet; run `unlearnkit bench` first.")
     md: list[str] = []
     parts: list[str] = []
     files: dict[str, bytes] = {}
+    drawn: dict = {}
     for label in variants:
-        results = _results(out / label)
-        plots = make_plots(results[1], results[2])
-        _write(out / label, results[0], *_sections(*results, plots, 2), plots)
-        v_md, v_parts = _sections(*results, plots, 3, prefix=f"{label}_")
+        v_bench, v_md, v_parts, plots = _benchmark(out / label, 2, drawn=drawn)
+        _write(out / label, v_bench, v_md, v_parts, plots)
+        _, v_md, v_parts, _ = _benchmark(out / label, 3, prefix=f"{label}_", drawn=drawn)
         md += [f"## Variant `{label}`", ""] + v_md
         parts += [f"<h2>Variant <code>{html.escape(label)}</code></h2>"] + v_parts
         files.update({f"{label}_{name}": png for name, png in plots.items()})

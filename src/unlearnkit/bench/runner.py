@@ -35,12 +35,15 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from ..checkpoint import load_checkpoint, read_meta
 from ..errors import UnlearnkitError
 from ..performance import channels_last, move_dataset_to, set_channels_last
 from ..progress import progress_bar
 from ..training import accuracy, predict_logits
 from ..utils import atomic_write_json, environment_info, package_version, resolve_device, stable_hash, state_dict_hash
+from .budget import apply_budget, budget_target
 from .config import BenchConfig, load_bench_config
 
 RECORD_FORMAT = 1
@@ -131,6 +134,64 @@ def evaluate_model(model, data, *, reference=None, result=None, seed: int = 0,
     return {k: float(v) for k, v in ev.metrics.items() if isinstance(v, (int, float))}, record
 
 
+class ForwardOnlyCounter:
+    """A forward pre-hook counting the samples a model sees with autograd off (a forward-only pass).
+
+    Installed on the original before a method copies it (``copy.deepcopy`` keeps hooks, so the
+    method's working copy and any teacher copied from it count too): evaluation checks, PGU's
+    Gram passes, SCRUB's teacher and RFA-LoRA's frozen pass. Forward + backward passes are the
+    methods' own ``sample_passes``; passes inside torch.func transforms (SSD's per-sample
+    gradients, which are forward + backward and already counted) are skipped.
+    """
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def __deepcopy__(self, memo):  # a copied model keeps counting into this one counter
+        return self
+
+    def __call__(self, module, args, kwargs) -> None:
+        if torch.is_grad_enabled() or torch._C._functorch.peek_interpreter_stack() is not None:
+            return
+        self.samples += _batch_length(args, kwargs)
+
+    def attach(self, model) -> None:
+        model.register_forward_pre_hook(self, with_kwargs=True)
+
+    def detach(self, *models) -> None:
+        """Remove this counter from ``models`` (also from copies, whose hook dicts hold it under the same key)."""
+        for model in models:
+            if model is None:
+                continue
+            for key, hook in list(model._forward_pre_hooks.items()):
+                if hook is self:
+                    del model._forward_pre_hooks[key]
+                    model._forward_pre_hooks_with_kwargs.pop(key, None)
+
+
+def _batch_length(args, kwargs) -> int:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, dict):
+            value = next((v for v in value.values() if isinstance(v, torch.Tensor)), None)
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    return 0
+
+
+def counted_unlearn(model, retain, forget, method: str, **kwargs):
+    """``unlearnkit.unlearn`` with its forward-only sample passes counted: (result, forward-only passes)."""
+    from ..api import unlearn
+
+    counter = ForwardOnlyCounter()
+    counter.attach(model)
+    result = None
+    try:
+        result = unlearn(model, retain, forget, method, **kwargs)
+    finally:
+        counter.detach(model, getattr(result, "model", None))
+    return result, counter.samples
+
+
 def per_class_accuracy(model, dataset, num_classes: int) -> list[float]:
     logits, labels = predict_logits(model, dataset)
     pred = logits.argmax(1)
@@ -145,8 +206,10 @@ def per_class_accuracy(model, dataset, num_classes: int) -> list[float]:
 class BenchRunner:
     def __init__(self, config: BenchConfig, out: str | Path, *, overwrite: bool = False,
                  device: str | None = None, cache_dir: str | Path | None = None,
-                 on_result: Callable[[dict], None] | None = None):
+                 on_result: Callable[[dict], None] | None = None,
+                 rows: dict[str, dict[str, tuple[str, dict]]] | None = None):
         self.config = config
+        self._rows = rows
         self.out = Path(out)
         self.cache = Path(cache_dir) if cache_dir is not None else self.out / "cache"
         self.overwrite = overwrite
@@ -154,6 +217,20 @@ class BenchRunner:
         self.on_result = on_result
         self.summary = RunSummary(self.out)
         self._splits = None
+        self._heldout = None
+
+    def rows(self, scenario: str) -> dict[str, tuple[str, dict]]:
+        """Label -> (method, overrides) of the runs on ``scenario``: the config's methods, unless the runner
+        was given its own rows per scenario (tuning grid points, tuned choices)."""
+        if self._rows is not None:
+            return self._rows[scenario]
+        return {name: (name, overrides) for name, overrides in self.config.methods.items()}
+
+    @property
+    def heldout(self):
+        """The held-out validation images (``heldout`` test images set apart), or None."""
+        _ = self.splits  # loading the splits carves the held-out set
+        return self._heldout
 
     # -- data ----------------------------------------------------------------------------------
     @property
@@ -162,11 +239,18 @@ class BenchRunner:
             from ..data import load_dataset
 
             splits = load_dataset(self.config.dataset, root=self.config.data_root, **self.config.dataset_args)
+            if self.config.heldout:  # carved first, so TA's images (and test_subset's) never include it
+                if self.config.heldout >= len(splits.test):
+                    raise UnlearnkitError(f"heldout: {self.config.heldout} images asked for, but the test set has "
+                                          f"{len(splits.test)}; take fewer than that.")
+                self._heldout, rest = _split_balanced(splits.test, self.config.heldout, seed=HELDOUT_SEED)
+                splits = dataclasses.replace(splits, test=rest)
             if self.config.test_subset and self.config.test_subset < len(splits.test):
                 splits = dataclasses.replace(splits, test=_balanced_subset(splits.test, self.config.test_subset))
             if self.config.data_on_device and self.device.type != "cpu":
-                for part in (splits.train, splits.test):
-                    move_dataset_to(part, self.device)
+                for part in (splits.train, splits.test, self._heldout):
+                    if part is not None:
+                        move_dataset_to(part, self.device)
             self._splits = splits
         return self._splits
 
@@ -204,13 +288,18 @@ class BenchRunner:
         path = self.cache / "oracles" / key
         if not self.overwrite and _is_checkpoint(path):
             model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
-            return model, UnlearnResult(model=model, **meta["result"])
+            result = UnlearnResult(model=model, **meta["result"])
+            result.forward_passes = meta.get("forward_passes")  # None: an oracle cached before it was counted
+            return model, result
         base, _ = load_checkpoint(self.cache / "originals" / original_key, num_classes=self.splits.num_classes,
                                   device=self.device)
-        result = unlearn(base, data.retain, data.forget, "retrain", config=config, device=str(self.device), seed=seed,
-                         **method_options_for("retrain", original_meta))
+        result, forward_passes = counted_unlearn(base, data.retain, data.forget, "retrain", config=config,
+                                                 device=str(self.device), seed=seed,
+                                                 **method_options_for("retrain", original_meta))
         save_model(path, result.model, original_meta, {"oracle": {"scenario": scenario, "seed": seed},
-                                                      "result": result.to_dict(), "bench_key": key})
+                                                      "result": result.to_dict(), "bench_key": key,
+                                                      "forward_passes": forward_passes})
+        result.forward_passes = forward_passes
         self.summary.oracles_trained += 1
         return result.model, result
 
@@ -244,6 +333,8 @@ class BenchRunner:
         return record
 
     def _fingerprint(self, **parts) -> str:
+        if self.config.heldout:  # only when set: records written without one keep their fingerprints
+            parts["heldout"] = self.config.heldout
         return stable_hash({**parts, "version": package_version(), "format": RECORD_FORMAT,
                             "evaluator": evaluator_name(), "dataset": self.config.dataset,
                             "dataset_args": self.config.dataset_args, "test_subset": self.config.test_subset})
@@ -274,7 +365,8 @@ class BenchRunner:
         atomic_write_json(self.out / "bench.json", {
             "config": c.to_dict(), "config_hash": c.config_hash(), "environment": environment_info(),
             "device": str(self.device), "evaluator": evaluator_name(), "version": package_version()})
-        per_seed = 1 + len(c.scenarios) * (2 + len(c.methods))  # original; per scenario: oracle, original eval, methods
+        per_seed = 1 + sum(2 + len(self.rows(s)) for s in c.scenarios)  # original; per scenario: oracle, original
+        # eval, methods
         with progress_bar(len(c.seeds) * per_seed, f"bench {c.name}") as bar:
             for seed in c.seeds:
                 bar.update(status=f"seed {seed}: original")
@@ -283,10 +375,42 @@ class BenchRunner:
                 weights = meta.get("weights_sha") or state_dict_hash(original)
                 for scenario in c.scenarios:
                     self._scenario(bar, original, meta, okey, weights, scenario, seed)
+        if c.tuning:
+            self._tune_then_run_tuned()
         self.summary.seconds = time.perf_counter() - t_start
         return self.summary
 
+    # -- defaults and tuned ---------------------------------------------------------------------
+    def _tune_then_run_tuned(self) -> None:
+        """The grid on the validation seeds (OUT/tuning/), the choice (OUT/tuning.json), then the chosen
+        configs on the reported seeds (OUT/tuned/); all cached like the defaults."""
+        from .tuning import choose, grid_rows, tuned_rows, validation_scenarios
+
+        c = self.config
+        val_map = validation_scenarios(c, self.splits.num_classes)
+        val_scenarios = list(dict.fromkeys(val_map.values()))
+        common = {**c.to_dict(), "tuning": {}, "variants": {}}
+        val_config = BenchConfig.from_dict({**common, "name": f"{c.name}/tuning", "seeds": c.tuning["seeds"],
+                                            "scenarios": val_scenarios})
+        self._sub_run(val_config, "tuning", grid_rows(c, val_scenarios))
+        tuning = choose(c, load_records(self.out / "tuning"), val_map)
+        atomic_write_json(self.out / "tuning.json", tuning)
+        rows = tuned_rows(c, tuning)
+        tuned_methods = {"retrain": c.methods.get("retrain", {}), **{m: c.methods[m] for m in c.tuning["grid"]}}
+        tuned_config = BenchConfig.from_dict({**common, "name": f"{c.name}/tuned", "methods": tuned_methods})
+        self._sub_run(tuned_config, "tuned", rows)
+
+    def _sub_run(self, config: BenchConfig, folder: str, rows) -> None:
+        sub = BenchRunner(config, self.out / folder, overwrite=self.overwrite, device=str(self.device),
+                          cache_dir=self.cache, on_result=self.on_result, rows=rows)
+        sub._splits, sub._heldout = self._splits, self._heldout  # the same data, loaded once
+        part = sub._run_suite()
+        for name in ("originals_trained", "oracles_trained", "sparse_originals_trained", "computed", "cached"):
+            setattr(self.summary, name, getattr(self.summary, name) + getattr(part, name))
+        self.summary.errors += [f"[{folder}] {e}" for e in part.errors]
+
     def _scenario(self, bar, original, meta, okey, weights, scenario: str, seed: int) -> None:
+        from ..methods import method_options
         from ..workflow import forget_data
 
         c = self.config
@@ -317,18 +441,25 @@ class BenchRunner:
             self.summary.cached += 1
         bar.advance(2)
 
-        for method in c.methods:
-            path = result_path(self.out, scenario, method, seed)
+        for label, (method, overrides) in self.rows(scenario).items():
+            path = result_path(self.out, scenario, label, seed)
             try:
-                config, config_error = c.method_config(method, meta), None
+                config, config_error = c.method_config(method, meta, overrides=overrides), None
             except UnlearnkitError as e:  # registered after the config was loaded, with overrides it rejects
                 config, config_error = None, {"type": type(e).__name__, "message": str(e)}
-            config_dict = config.to_dict() if config is not None else c.methods[method]
+            budget = None
+            if config is not None and c.budget and method != "retrain":
+                target = budget_target(c.budget, oracle_config, len(data.retain))
+                config, budget = apply_budget(method, config, overrides, target, len(data.retain), len(data.forget))
+                budget = budget.to_dict()
+            config_dict = config.to_dict() if config is not None else overrides
             options: dict[str, Any] = {}
+            if config is not None and self.heldout is not None and "check_data" in method_options(method):
+                options["check_data"] = self.heldout
             if config is not None and hasattr(config, "sparse_key"):
                 try:
                     options["sparse_model"] = self._sparse_row(bar, method, config, original, meta, okey, weights,
-                                                               oracle_id, need_oracle, data, scenario, seed)
+                                                               oracle_id, need_oracle, data, scenario, seed, label)
                 except Exception as e:  # recorded on the method's row below
                     config, config_error = None, {"type": type(e).__name__, "message": str(e).splitlines()[0][:500]}
             fp = self._fingerprint(method=method, scenario=scenario, seed=seed, original=weights, oracle=oracle_id,
@@ -337,13 +468,13 @@ class BenchRunner:
                 self.summary.cached += 1
                 bar.advance(1)
                 continue
-            bar.update(status=f"seed {seed} {scenario}: {method}")
+            bar.update(status=f"seed {seed} {scenario}: {label}")
             if config is None:
                 from ..methods import list_methods
 
                 error = config_error or {"type": "UnknownMethod",
                                          "message": f"unknown method {method!r}; registered: {', '.join(list_methods())}"}
-                self._write(path, self._record(method, scenario, seed, fp, meta, status="error", error=error,
+                self._write(path, self._record(label, scenario, seed, fp, meta, status="error", error=error,
                                                config=config_dict))
                 bar.advance(1)
                 continue
@@ -351,21 +482,21 @@ class BenchRunner:
                 oracle_model, oracle_result = need_oracle()
                 record = self._run_method(method, config, original, data, oracle_model, oracle_result, seed,
                                           options)
-                self._write(path, self._record(method, scenario, seed, fp, meta, status="ok", **record))
+                self._write(path, self._record(label, scenario, seed, fp, meta, status="ok", budget=budget, **record))
             except Exception as e:  # a failing method is recorded and the suite goes on
                 message = (str(e).strip().splitlines() or [""])[0][:500]
                 error = {"type": type(e).__name__, "message": message,
                          "traceback": traceback.format_exc(limit=-4).splitlines()[-8:]}
-                self._write(path, self._record(method, scenario, seed, fp, meta, status="error", error=error,
+                self._write(path, self._record(label, scenario, seed, fp, meta, status="error", error=error,
                                                config=config_dict))
             bar.advance(1)
 
     def _sparse_row(self, bar, method, config, original, meta, okey, weights, oracle_id, need_oracle, data,
-                    scenario: str, seed: int):
+                    scenario: str, seed: int, label: str):
         """Build (or load) ``method``'s sparse original and record it on this request; returns the model."""
-        bar.update(status=f"seed {seed} {scenario}: {method} sparse original")
+        bar.update(status=f"seed {seed} {scenario}: {label} sparse original")
         model, facts, skey = self.sparse_original(method, config, original, meta, okey, seed)
-        name = sparse_original_name(method)
+        name = sparse_original_name(label)
         path = result_path(self.out, scenario, name, seed)
         fp = self._fingerprint(method=name, scenario=scenario, seed=seed, original=weights, oracle=oracle_id,
                                sparse=skey)
@@ -385,21 +516,22 @@ class BenchRunner:
 
     def _run_method(self, method, config, original, data, oracle_model, oracle_result, seed,
                     options: dict | None = None) -> dict:
-        from ..api import unlearn
-
         if method == "retrain":
             result = oracle_result  # the oracle is retrain with this very config and seed
+            forward_passes = getattr(oracle_result, "forward_passes", None)
         else:
-            result = unlearn(original, data.retain, data.forget, method, config=config, device=str(self.device),
-                             seed=seed, **(options or {}))
+            result, forward_passes = counted_unlearn(original, data.retain, data.forget, method, config=config,
+                                                     device=str(self.device), seed=seed, **(options or {}))
         metrics, evaluation = evaluate_model(result.model, data, reference=oracle_model, result=result, seed=seed,
                                              batch_size=self.config.eval_batch_size)
-        return {"metrics": metrics, "evaluation": evaluation, "config": result.config, "result": result.to_dict(),
+        return {"metrics": metrics, "evaluation": evaluation, "config": result.config,
+                "result": {**result.to_dict(), "forward_passes": forward_passes},
                 "per_class": per_class_accuracy(result.model, self.splits.test, self.splits.num_classes)}
 
     def _record(self, method, scenario, seed, fingerprint, meta, *, status, config, metrics=None, evaluation=None,
-                result=None, per_class=None, error=None) -> dict:
-        return {"format": RECORD_FORMAT, "fingerprint": fingerprint, "status": status, "method": method,
+                result=None, per_class=None, error=None, budget=None) -> dict:
+        extra = {"budget": budget} if budget is not None else {}
+        return {**extra, "format": RECORD_FORMAT, "fingerprint": fingerprint, "status": status, "method": method,
                 "scenario": scenario, "seed": seed, "config": config, "metrics": metrics or {},
                 "evaluation": evaluation, "result": result, "per_class_test_acc": per_class, "error": error,
                 "original": {"weights_sha": meta.get("weights_sha"), "test_accuracy": meta.get("test_accuracy"),
@@ -408,19 +540,36 @@ class BenchRunner:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def _balanced_subset(dataset, size: int):
-    """A fixed (seed 0) class-balanced subset of ``size`` samples, for cheaper evaluation."""
+HELDOUT_SEED = 1  # apart from test_subset's seed 0
+
+
+def _balanced_indices(dataset, size: int, seed: int):
     import numpy as np
-    from torch.utils.data import Subset
 
     from ..data import dataset_labels
 
     labels = dataset_labels(dataset).numpy()
     classes = np.unique(labels)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     per_class = max(1, size // len(classes))
-    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]))
-    return Subset(dataset, keep.tolist())
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]))
+
+
+def _balanced_subset(dataset, size: int):
+    """A fixed (seed 0) class-balanced subset of ``size`` samples, for cheaper evaluation."""
+    from torch.utils.data import Subset
+
+    return Subset(dataset, _balanced_indices(dataset, size, 0).tolist())
+
+
+def _split_balanced(dataset, size: int, seed: int):
+    """(a fixed class-balanced subset of ``size`` samples, the other samples)."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    picked = _balanced_indices(dataset, size, seed)
+    rest = np.setdiff1d(np.arange(len(dataset)), picked)
+    return Subset(dataset, picked.tolist()), Subset(dataset, rest.tolist())
 
 
 def _is_checkpoint(path: Path) -> bool:
