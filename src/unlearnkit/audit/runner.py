@@ -45,7 +45,7 @@ class AuditConfig(Config):
 
     method: str = field("finetune", "The audited method (a registered name).")
     method_args: dict = field({}, "Config overrides of the audited method, e.g. {lr: 0.01, epochs: 3}.")
-    scenario: str = field("class:3", "Forget spec: class:K[,K] or random:F.")
+    scenario: str = field("class:3", "Forget spec: class:K[,K], random:F or ids:FILE (.txt or .npy of training ids).")
     k: int = field(8, "Originals, unlearned models and retrain oracles (each K); at least 3.")
     seed: int = field(0, "First seed: model i uses seed + i.")
     forget_seed: int = field(0, "Seed of a random forget set; one set is used for all K models.")
@@ -78,23 +78,40 @@ class AuditConfig(Config):
     }
 
     def _check_consistency(self) -> None:
+        if self.scenario.startswith("ids:"):
+            self.forget_ids()  # a missing or unreadable file is a one-line error before anything is trained
         self.bench_config()  # dataset, model, recipe, scenario and retrain overrides, one-line errors
 
     def bench_config(self):
         """The benchmark config whose cache holds this audit's originals and oracles."""
         from ..bench.config import BenchConfig
 
+        # the bench knows class:/random: specs only; its scenarios are never run by the audit, which
+        # names its oracles itself (oracle_scenario_key), so an ids: audit validates with a stand-in
+        scenario = "random:0.5" if self.scenario.startswith("ids:") else self.scenario
         try:
             return BenchConfig(name="audit", dataset=self.dataset, dataset_args=self.dataset_args,
                                data_root=self.data_root, model=self.model, model_kwargs=self.model_kwargs,
-                               recipe=self.recipe, scenarios=[self.scenario], methods={"retrain": self.retrain},
+                               recipe=self.recipe, scenarios=[scenario], methods={"retrain": self.retrain},
                                seeds=list(range(self.seed, self.seed + self.k)), device=self.device)
         except InvalidConfigError as e:
             raise InvalidConfigError(f"Audit: {e}") from None
 
+    def forget_ids(self) -> np.ndarray:
+        from ..data.forget import read_ids_file
+
+        return read_ids_file(self.scenario[len("ids:"):])
+
     def oracle_scenario_key(self) -> str:
-        """The scenario name under which oracles are cached: a random set is named with its own seed."""
-        return self.scenario if self.scenario.startswith("class:") else f"{self.scenario}@forget_seed={self.forget_seed}"
+        """The scenario name under which oracles are cached: a random set is named with its own seed,
+        an ids set with the hash of its sorted ids (not the file's name)."""
+        if self.scenario.startswith("class:"):
+            return self.scenario
+        if self.scenario.startswith("ids:"):
+            from ..store.files import ids_sha256
+
+            return f"ids:sha256={ids_sha256(np.unique(self.forget_ids()))}"
+        return f"{self.scenario}@forget_seed={self.forget_seed}"
 
 
 @dataclass
@@ -153,12 +170,17 @@ def utility(model: nn.Module, data) -> dict[str, float]:
 
 def relearn_splits(data, config: AuditConfig):
     """(relearn part of the forget set, held-out rest, as many retain samples as the relearn part)."""
-    rng = np.random.default_rng(config.forget_seed)
+    return split_for_relearning(data, config.relearn_fraction, config.forget_seed, repr(config.scenario))
+
+
+def split_for_relearning(data, fraction: float, seed: int, named: str):
+    """``relearn_splits`` for any UnlearningData; ``named`` says whose forget set it is in the error."""
+    rng = np.random.default_rng(seed)
     n_forget = len(data.forget)
     if n_forget < 2:
-        raise UnlearnkitError(f"The relearning attack needs at least 2 forget samples; {config.scenario!r} has {n_forget}.")
+        raise UnlearnkitError(f"The relearning attack needs at least 2 forget samples; {named} has {n_forget}.")
     order = rng.permutation(n_forget)
-    n = min(n_forget - 1, max(1, round(config.relearn_fraction * n_forget)))
+    n = min(n_forget - 1, max(1, round(fraction * n_forget)))
     retain_pick = rng.permutation(len(data.retain))[:n]
     return (Subset(data.forget, order[:n].tolist()), Subset(data.forget, order[n:].tolist()),
             Subset(data.retain, retain_pick.tolist()))
