@@ -613,7 +613,7 @@ def store_show(
 def audit_(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="A registered method (default finetune)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (a previous audit's is reused; else empty)."),
-    forget_spec: Optional[str] = typer.Option(None, "--forget", "-f", help="class:K[,K] or random:F (default class:3)."),
+    forget_spec: Optional[str] = typer.Option(None, "--forget", "-f", help="class:K[,K], random:F or ids:FILE (default class:3)."),
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Originals, unlearned models and oracles each (>= 3; default 8)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/TOML/JSON of audit fields; options override it."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Method parameter KEY=VALUE (repeatable)."),

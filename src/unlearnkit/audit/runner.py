@@ -78,8 +78,13 @@ class AuditConfig(Config):
     }
 
     def _check_consistency(self) -> None:
+        from ..bench.config import valid_scenario
+        from ..data.forget import SPEC_HELP
+
         if self.scenario.startswith("ids:"):
             self.forget_ids()  # a missing or unreadable file is a one-line error before anything is trained
+        elif not valid_scenario(self.scenario):
+            raise InvalidConfigError(f"Audit: scenario {self.scenario!r} is not a forget spec; allowed: {SPEC_HELP}.")
         self.bench_config()  # dataset, model, recipe, scenario and retrain overrides, one-line errors
 
     def bench_config(self):
