@@ -513,11 +513,10 @@ def request_(
 ):
     """Run one deletion request on a store. Exit 0: applied (or nothing new to forget); 3: refused by a gate;
     2: not applied (bad input, damaged or locked store, disk full, no permission; the store is unchanged)."""
+    from .audit.deletion import parse_audit_spec
     from .store import Store
     from .utils import atomic_write_json
     from .workflow import parse_overrides
-
-    from .audit.deletion import parse_audit_spec
 
     _setup(quiet)
     if not forget_spec.startswith("ids:"):
