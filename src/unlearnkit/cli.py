@@ -567,9 +567,10 @@ def _audit_line(audit: dict) -> str:
             return f"> {rel['steps']}" if s is None else str(s)
 
         a = rel["after"]
-        parts.append(f"relearn attack on {rel['heldout_ids']} held-out ids: accuracy {rel['before']['heldout_acc']:.1f}"
-                     f" before -> {a['heldout_acc']:.1f} after; back at {rel['level']:.1f} in {steps(a['steps_to_level'])}"
-                     f" steps on {rel['relearn_ids']} forgotten ids (retain-only control: "
+        parts.append(f"relearn attack on {rel['heldout_ids']} held-out ids: accuracy "
+                     f"{rel['before']['heldout_acc']:.1f} before -> {a['heldout_acc']:.1f} after; back at "
+                     f"{rel['level']:.1f} in {steps(a['steps_to_level'])} steps on {rel['relearn_ids']} forgotten ids "
+                     f"(retain-only control: "
                      f"{steps(a['retain_control_steps_to_level'])})")
     full = audit.get("full")
     if full and "error" in full:

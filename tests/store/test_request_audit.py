@@ -54,7 +54,8 @@ def test_refused_request_records_that_the_audit_was_skipped(tmp_path, checkpoint
     st = make_store(tmp_path, checkpoint, forget_margin=-100.0)
     receipt = st.request(np.arange(30), audit="relearn")
     assert receipt.status == "refused"
-    assert receipt.extra["audit"] == {"requested": "relearn", "skipped": "the request was refused; the model is unchanged"}
+    assert receipt.extra["audit"] == {"requested": "relearn",
+                                      "skipped": "the request was refused; the model is unchanged"}
 
 
 def test_full_audit_over_k_retrains(tmp_path, checkpoint):

@@ -133,7 +133,8 @@ def summarise_full_audit(result, store_path: Path, num_ids: int, audit_sha256: s
     r = result.results
     fq, lira, rel = r["forgetting_quality"], r["ulira"], r["relearn"]
     return {
-        "k": len(rel["unlearned"]["forget"]["steps"]), "forget_ids": num_ids, "forgetting_quality": fq["forgetting_quality"], "null_ceiling": fq["null_ceiling"],
+        "k": len(rel["unlearned"]["forget"]["steps"]), "forget_ids": num_ids,
+        "forgetting_quality": fq["forgetting_quality"], "null_ceiling": fq["null_ceiling"],
         "original_forgetting_quality": fq["original"], "median_epsilon": fq["median_epsilon"],
         "ulira_accuracy": lira["accuracy"], "ulira_tpr_at_1%_fpr": lira["tpr_at_0.01_fpr"],
         "ulira_tpr_at_0.1%_fpr": lira["tpr_at_0.001_fpr"], "ra_ratio": r["utility"]["ra_ratio"],
