@@ -503,12 +503,17 @@ def request_(
     fallback: Optional[bool] = typer.Option(None, "--fallback/--no-fallback", help="Override the store's fallback."),
     record_ids: Optional[bool] = typer.Option(None, "--record-ids/--hash-ids", help="Ids in the receipt, or their hash."),
     receipt_out: Optional[Path] = typer.Option(None, "--receipt", help="Also write the receipt as JSON to this file."),
+    audit: Optional[str] = typer.Option(None, "--audit", help="Record an audit of the deletion in the receipt: relearn "
+                                        "(relearning attack on the model before and after; seconds), full or full:K "
+                                        "(also forgetting quality and U-LiRA over K originals and K retrains; K "
+                                        "default: the store's audit_k). See docs/deletion-requests.md."),
     lock_timeout: Optional[float] = typer.Option(None, help="Seconds to wait for another process's request."),
     key_file: Optional[Path] = KeyFileOpt,
     data_root: Optional[str] = DataRootOpt, quiet: bool = QuietOpt,
 ):
     """Run one deletion request on a store. Exit 0: applied (or nothing new to forget); 3: refused by a gate;
     2: not applied (bad input, damaged or locked store, disk full, no permission; the store is unchanged)."""
+    from .audit.deletion import parse_audit_spec
     from .store import Store
     from .utils import atomic_write_json
     from .workflow import parse_overrides
@@ -516,12 +521,14 @@ def request_(
     _setup(quiet)
     if not forget_spec.startswith("ids:"):
         raise UnlearnkitError(f"--forget must be ids:FILE for a store request; got {forget_spec!r}.")
+    parse_audit_spec(audit, 3)  # a bad value fails before the store is opened (K is checked again with the store's)
     _on_interrupt(lambda: f"the store holds the model from before or after this request; `unlearnkit store-show "
                           f"--store {store}` says which")
     st = Store.open(store, data_root=data_root, lock_timeout=lock_timeout, key=_store_key(key_file))
     _print_notes(st)
     overrides = parse_overrides(method or st.config.methods[0], set_)
-    receipt = st.request(forget_spec, method=method, fallback=fallback, record_ids=record_ids, **overrides)
+    receipt = st.request(forget_spec, method=method, fallback=fallback, record_ids=record_ids, audit=audit,
+                         **overrides)
     if receipt_out is not None:
         atomic_write_json(receipt_out, receipt.to_dict())
     f = receipt.forget
@@ -538,12 +545,41 @@ def request_(
             if isinstance(g, dict) and not g.get("passed"):
                 text = g.get("message") or f"gate {name} failed: {g['value']:.2f} (rule {g['rule']} = {g['limit']:.2f})"
                 console.print(f"{a['method']}: {text}", markup=False, highlight=False)
+    if "audit" in receipt.extra:
+        console.print(_audit_line(receipt.extra["audit"]), markup=False, highlight=False, soft_wrap=True)
     if "ledger_pending" in receipt.extra:
         err_console.print(f"note: {receipt.extra['ledger_pending']}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"{receipt.status}: {receipt.request_id}, model {receipt.model_before} -> {receipt.model_after} "
                   f"({receipt.version})", markup=False)
     if receipt.exit_code:
         raise SystemExit(receipt.exit_code)  # typer.Exit is returned, not raised, by main()'s non-standalone app()
+
+
+def _audit_line(audit: dict) -> str:
+    """One line of a receipt's audit: the relearning attack, and the per-example figures of a full one."""
+    if "skipped" in audit:
+        return f"audit skipped: {audit['skipped']}"
+    rel, parts = audit.get("relearn", {}), []
+    if "error" in rel:
+        parts.append(f"relearn attack not run: {rel['error']}")
+    elif rel:
+        def steps(s):
+            return f"> {rel['steps']}" if s is None else str(s)
+
+        a = rel["after"]
+        parts.append(f"relearn attack on {rel['heldout_ids']} held-out ids: accuracy "
+                     f"{rel['before']['heldout_acc']:.1f} before -> {a['heldout_acc']:.1f} after; back at "
+                     f"{rel['level']:.1f} in {steps(a['steps_to_level'])} steps on {rel['relearn_ids']} forgotten ids "
+                     f"(retain-only control: "
+                     f"{steps(a['retain_control_steps_to_level'])})")
+    full = audit.get("full")
+    if full and "error" in full:
+        parts.append(f"full audit not run: {full['error']}")
+    elif full:
+        parts.append(f"K={full['k']}: forgetting quality {full['forgetting_quality']:.3f} (ceiling "
+                     f"{full['null_ceiling']:.3f}), U-LiRA {full['ulira_accuracy']:.1f}%, relearn steps "
+                     f"{full['relearn_steps']:g} vs retrain {full['retrain_relearn_steps']:g} ({full['audit_json']})")
+    return "audit: " + "; ".join(parts)
 
 
 @app.command("store-show")
@@ -577,7 +613,7 @@ def store_show(
 def audit_(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="A registered method (default finetune)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (a previous audit's is reused; else empty)."),
-    forget_spec: Optional[str] = typer.Option(None, "--forget", "-f", help="class:K[,K] or random:F (default class:3)."),
+    forget_spec: Optional[str] = typer.Option(None, "--forget", "-f", help="class:K[,K], random:F or ids:FILE (default class:3)."),
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Originals, unlearned models and oracles each (>= 3; default 8)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/TOML/JSON of audit fields; options override it."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Method parameter KEY=VALUE (repeatable)."),

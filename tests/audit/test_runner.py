@@ -6,12 +6,13 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import unlearnkit as uk
 from unlearnkit.audit import relearns_faster
-from unlearnkit.audit.runner import AUDIT_KIND, is_audit_dir
+from unlearnkit.audit.runner import AUDIT_KIND, AuditConfig, is_audit_dir
 from unlearnkit.cli import main
 from unlearnkit.models.registry import classifier_head
 from unlearnkit.training import predict_logits
@@ -117,6 +118,20 @@ def test_cli_runs_and_rejects_bad_input(tmp_path, cache, capsys):
     capsys.readouterr()
     assert main(["audit", "--out", str(tmp_path / "x"), "--k", "2"]) == 2
     assert "'k' parameter of AuditConfig must be an int in the range [3, inf)" in capsys.readouterr().err
-    assert main(["audit", "--out", str(tmp_path / "x"), "--forget", "ids:f.txt"]) == 2
+    assert main(["audit", "--out", str(tmp_path / "x"), "--forget", "rows:f.txt"]) == 2
     assert "allowed: class:K" in capsys.readouterr().err
+    assert main(["audit", "--out", str(tmp_path / "x"), "--forget", "ids:f.txt"]) == 2
+    assert "Forget ids file 'f.txt' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_an_ids_forget_set_names_its_oracles_by_its_ids(tmp_path):
+    from unlearnkit.store import ids_sha256
+
+    txt, npy = tmp_path / "a.txt", tmp_path / "b.npy"
+    txt.write_text("5\n3\n3\n")
+    np.save(npy, np.array([3, 5]))
+    keys = {AuditConfig(scenario=f"ids:{p}").oracle_scenario_key() for p in (txt, npy)}
+    assert keys == {f"ids:sha256={ids_sha256([3, 5])}"}  # not the file's name or order
+    with pytest.raises(uk.UnlearnkitError, match="does not exist"):
+        AuditConfig(scenario=f"ids:{tmp_path / 'none.txt'}")

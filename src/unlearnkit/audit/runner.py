@@ -13,6 +13,7 @@ themselves). One forget set is used for all K models. Output directory::
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
+from ..bench.config import BenchConfig
 from ..config import Config, Interval, Options, field
 from ..errors import InvalidConfigError, UnlearnkitError
 from ..progress import progress_bar
@@ -39,22 +41,32 @@ RELEARN_FACTOR = 0.5  # relearning in under this share of the oracles' steps mea
 MethodFn = Callable[[nn.Module, Any, int], nn.Module]  # (original, UnlearningData, seed) -> unlearned model
 
 
+SHARED_WITH_BENCH = ("dataset", "dataset_args", "data_root", "model", "model_kwargs", "recipe", "device")
+
+
+def bench_field(name: str):
+    """BenchConfig's declaration of ``name`` (default and help): an audit's originals are a benchmark's."""
+    declared = next(f for f in dataclasses.fields(BenchConfig) if f.name == name)
+    default = declared.default if declared.default_factory is dataclasses.MISSING else declared.default_factory()
+    return field(default, declared.metadata["help"])
+
+
 @dataclass(kw_only=True)
 class AuditConfig(Config):
     """What an audit trains, unlearns and attacks."""
 
     method: str = field("finetune", "The audited method (a registered name).")
     method_args: dict = field({}, "Config overrides of the audited method, e.g. {lr: 0.01, epochs: 3}.")
-    scenario: str = field("class:3", "Forget spec: class:K[,K] or random:F.")
+    scenario: str = field("class:3", "Forget spec: class:K[,K], random:F or ids:FILE (.txt or .npy of training ids).")
     k: int = field(8, "Originals, unlearned models and retrain oracles (each K); at least 3.")
     seed: int = field(0, "First seed: model i uses seed + i.")
     forget_seed: int = field(0, "Seed of a random forget set; one set is used for all K models.")
-    dataset: str = field("digits", "A built-in dataset: digits, mnist or cifar10.")
-    dataset_args: dict = field({}, "Keyword arguments of the dataset loader.")
-    data_root: str | None = field(None, "Folder (or file) holding the dataset; default $UNLEARNKIT_DATA.")
-    model: str = field("cnn", "A registered model name.")
-    model_kwargs: dict = field({}, "Keyword arguments of the model factory, e.g. {width: 16}.")
-    recipe: dict = field({}, "The originals' training recipe (fields of unlearnkit.Recipe, seed excluded).")
+    dataset: str = bench_field("dataset")
+    dataset_args: dict = bench_field("dataset_args")
+    data_root: str | None = bench_field("data_root")
+    model: str = bench_field("model")
+    model_kwargs: dict = bench_field("model_kwargs")
+    recipe: dict = bench_field("recipe")
     retrain: dict = field({}, "Overrides of the retrain oracles' config (default: the originals' recipe).")
     delta: float = field(eps_mod.DELTA, "The delta of the (epsilon, delta) estimate.")
     attacks: Literal["competition", "all"] = field(
@@ -64,37 +76,55 @@ class AuditConfig(Config):
     relearn_lr: float = field(0.01, "Learning rate of the relearning attack (SGD, momentum 0.9).")
     relearn_batch_size: int = field(16, "Batch size of the relearning attack.")
     relearn_level: float = field(0.9, "Relearned when held-out forget accuracy reaches this share of the original's.")
-    device: str = field("auto", "cpu, cuda, cuda:N or auto.")
+    device: str = bench_field("device")
 
     constraints = {
+        **{name: BenchConfig.constraints[name] for name in SHARED_WITH_BENCH},
         "method": [str], "method_args": [dict], "scenario": [str], "k": [Interval(int, 3, None)],
-        "seed": [Interval(int, 0, None)], "forget_seed": [Interval(int, 0, None)], "dataset": [str],
-        "dataset_args": [dict], "data_root": [str, None], "model": [str], "model_kwargs": [dict], "recipe": [dict],
+        "seed": [Interval(int, 0, None)], "forget_seed": [Interval(int, 0, None)],
         "retrain": [dict], "delta": [Interval(float, 0, 1, closed="neither")],
         "attacks": [Options("competition", "all")], "relearn_steps": [Interval(int, 1, None)],
         "relearn_fraction": [Interval(float, 0, 1, closed="neither")], "relearn_lr": [Interval(float, 0, None, closed="neither")],
         "relearn_batch_size": [Interval(int, 1, None)], "relearn_level": [Interval(float, 0, 1, closed="right")],
-        "device": [str],
     }
 
     def _check_consistency(self) -> None:
+        from ..bench.config import valid_scenario
+        from ..data.forget import SPEC_HELP
+
+        if self.scenario.startswith("ids:"):
+            self.forget_ids()  # a missing or unreadable file is a one-line error before anything is trained
+        elif not valid_scenario(self.scenario):
+            raise InvalidConfigError(f"Audit: scenario {self.scenario!r} is not a forget spec; allowed: {SPEC_HELP}.")
         self.bench_config()  # dataset, model, recipe, scenario and retrain overrides, one-line errors
 
     def bench_config(self):
         """The benchmark config whose cache holds this audit's originals and oracles."""
-        from ..bench.config import BenchConfig
-
+        # the bench knows class:/random: specs only; its scenarios are never run by the audit, which
+        # names its oracles itself (oracle_scenario_key), so an ids: audit validates with a stand-in
+        scenario = "random:0.5" if self.scenario.startswith("ids:") else self.scenario
         try:
-            return BenchConfig(name="audit", dataset=self.dataset, dataset_args=self.dataset_args,
-                               data_root=self.data_root, model=self.model, model_kwargs=self.model_kwargs,
-                               recipe=self.recipe, scenarios=[self.scenario], methods={"retrain": self.retrain},
-                               seeds=list(range(self.seed, self.seed + self.k)), device=self.device)
+            return BenchConfig(name="audit", **{name: getattr(self, name) for name in SHARED_WITH_BENCH},
+                               scenarios=[scenario], methods={"retrain": self.retrain},
+                               seeds=list(range(self.seed, self.seed + self.k)))
         except InvalidConfigError as e:
             raise InvalidConfigError(f"Audit: {e}") from None
 
+    def forget_ids(self) -> np.ndarray:
+        from ..data.forget import read_ids_file
+
+        return read_ids_file(self.scenario[len("ids:"):])
+
     def oracle_scenario_key(self) -> str:
-        """The scenario name under which oracles are cached: a random set is named with its own seed."""
-        return self.scenario if self.scenario.startswith("class:") else f"{self.scenario}@forget_seed={self.forget_seed}"
+        """The scenario name under which oracles are cached: a random set is named with its own seed,
+        an ids set with the hash of its sorted ids (not the file's name)."""
+        if self.scenario.startswith("class:"):
+            return self.scenario
+        if self.scenario.startswith("ids:"):
+            from ..store.files import ids_sha256
+
+            return f"ids:sha256={ids_sha256(np.unique(self.forget_ids()))}"
+        return f"{self.scenario}@forget_seed={self.forget_seed}"
 
 
 @dataclass
@@ -153,12 +183,17 @@ def utility(model: nn.Module, data) -> dict[str, float]:
 
 def relearn_splits(data, config: AuditConfig):
     """(relearn part of the forget set, held-out rest, as many retain samples as the relearn part)."""
-    rng = np.random.default_rng(config.forget_seed)
+    return split_for_relearning(data, config.relearn_fraction, config.forget_seed, repr(config.scenario))
+
+
+def split_for_relearning(data, fraction: float, seed: int, named: str):
+    """``relearn_splits`` for any UnlearningData; ``named`` says whose forget set it is in the error."""
+    rng = np.random.default_rng(seed)
     n_forget = len(data.forget)
     if n_forget < 2:
-        raise UnlearnkitError(f"The relearning attack needs at least 2 forget samples; {config.scenario!r} has {n_forget}.")
+        raise UnlearnkitError(f"The relearning attack needs at least 2 forget samples; {named} has {n_forget}.")
     order = rng.permutation(n_forget)
-    n = min(n_forget - 1, max(1, round(config.relearn_fraction * n_forget)))
+    n = min(n_forget - 1, max(1, round(fraction * n_forget)))
     retain_pick = rng.permutation(len(data.retain))[:n]
     return (Subset(data.forget, order[:n].tolist()), Subset(data.forget, order[n:].tolist()),
             Subset(data.retain, retain_pick.tolist()))

@@ -33,6 +33,8 @@ class StoreConfig(Config):
     seed: int = field(0, "Seed of every request's method and evaluation.")
     device: str = field("auto", "cpu, cuda, cuda:N or auto.")
     lock_timeout: float = field(60.0, "Seconds a second process waits for the store's lock before failing.")
+    audit_k: int | None = field(None, "K of `request --audit full`: originals and retrain oracles trained for the "
+                                      "per-example audit (at least 3); None: the request gives it (full:K).")
 
     constraints = {
         "methods": [InstanceOf(list, "a non-empty list of method names")],
@@ -50,6 +52,7 @@ class StoreConfig(Config):
         "seed": [Interval(int, 0, None)],
         "device": [str],
         "lock_timeout": [Interval(float, 0, None)],
+        "audit_k": [Interval(int, 3, None), None],
     }
 
     def _check_consistency(self) -> None:

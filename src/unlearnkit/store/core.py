@@ -469,17 +469,20 @@ class Store:
 
     # ---- the request (unlearnkit.store.request) ------------------------------------------------
     def request(self, forget_ids, method: str | None = None, *, record_ids: bool | None = None,
-                fallback: bool | None = None, **config) -> Receipt:
+                fallback: bool | None = None, audit: str | None = None, **config) -> Receipt:
         """Run one deletion request end to end; returns its ``Receipt`` (also appended to the ledger).
 
         ``forget_ids``: training ids to forget (any int sequence, or a path to a .txt/.npy file).
         ``method``: a registered method (default: the store's first configured method);
         ``config``: overrides of its config for this request. A request refused by the gates returns
         a receipt with ``status == "refused"`` (``receipt.exit_code == 3``) and leaves the model as it was.
+        ``audit``: "relearn", "full" or "full:K": an applied request's receipt also records an audit of
+        the deletion (``receipt.extra["audit"]``; docs/deletion-requests.md).
         """
         from .request import run_request
 
-        return run_request(self, forget_ids, method, record_ids=record_ids, fallback=fallback, overrides=config)
+        return run_request(self, forget_ids, method, record_ids=record_ids, fallback=fallback, overrides=config,
+                           audit=audit)
 
     # ---- display -----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

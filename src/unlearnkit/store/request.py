@@ -45,16 +45,20 @@ class Attempt:
 
 
 def run_request(store: Store, forget_ids, method: str | None, *, record_ids: bool | None,
-                fallback: bool | None, overrides: dict) -> Receipt:
+                fallback: bool | None, overrides: dict, audit: str | None = None) -> Receipt:
+    from ..audit.deletion import check_full_audit_possible, parse_audit_spec
     from ..methods import make_config
 
+    audit_spec = parse_audit_spec(audit, store.config.audit_k)
+    if audit_spec is not None and audit_spec.mode == "full":
+        check_full_audit_possible(store.info)
     ids = parse_ids(store, forget_ids)
     name = method or store.config.methods[0]
     make_config(name, store.config.method_configs.get(name), **overrides)  # a bad parameter fails before anything runs
     try:
         with store._locked():
             store.sync()  # another process may have acted since open
-            return RequestRun(store, ids, method, record_ids, fallback, overrides).run()
+            return RequestRun(store, ids, method, record_ids, fallback, overrides, audit_spec).run()
     except OSError as e:  # the lock file could not be made (read-only store), or a read failed
         raise F.not_applied("The request", e) from e
     finally:
@@ -85,9 +89,10 @@ def parse_ids(store: Store, forget_ids) -> np.ndarray:
 class RequestRun:
     """The work of one request under the store's lock."""
 
-    def __init__(self, store: Store, ids: np.ndarray, method, record_ids, fallback, overrides):
+    def __init__(self, store: Store, ids: np.ndarray, method, record_ids, fallback, overrides, audit_spec=None):
         self.store, self.cfg = store, store.config
         self.ids, self.method, self.fallback, self.overrides = ids, method, fallback, overrides
+        self.audit_spec = audit_spec
         self.record_ids = self.cfg.record_ids if record_ids is None else record_ids
         self.start = time.perf_counter()
         seq = sum(1 for e in store.entries if e.get("kind") == "request") + 1
@@ -108,6 +113,7 @@ class RequestRun:
         if len(new) == 0:
             receipt = Receipt(status="noop", method=None, model_after=store.model_hash, version=store.version,
                               extra={"note": "every id was forgotten by an earlier request"}, **self.base)
+            self._audit_skipped(receipt, "nothing new was forgotten")
             return self._record(receipt)
         self.data = self._data(new, forget_info["sha256"])
         from ..utils import resolve_device
@@ -170,6 +176,7 @@ class RequestRun:
         if chosen is None:
             receipt.model_after, receipt.version = self.store.model_hash, self.store.version
             receipt.cost = {"seconds_total": time.perf_counter() - self.start}
+            self._audit_skipped(receipt, "the request was refused; the model is unchanged")
             return self._record(receipt)
         receipt.model_after = state_dict_hash(chosen.model)
         if chosen.method == "retrain":
@@ -178,7 +185,44 @@ class RequestRun:
         if cache_note:
             receipt.extra["pgu_cache"] = cache_note
         receipt.cost = {**chosen.record.get("cost", {}), "seconds_total": time.perf_counter() - self.start}
-        return self._commit(receipt, chosen.model, cache_bytes)
+        if self.audit_spec is None:
+            return self._commit(receipt, chosen.model, cache_bytes)
+        receipt.extra["audit"] = self._audit(chosen)
+        try:
+            return self._commit(receipt, chosen.model, cache_bytes)
+        except UnlearnkitError:
+            from ..audit.deletion import remove_audit_dir
+
+            remove_audit_dir(self.store.path, self.request_id)
+            raise
+
+    # ---- request --audit (unlearnkit.audit.deletion) -------------------------------------------
+    def _audit(self, chosen: Attempt) -> dict:
+        """The audit of the accepted attempt, sealed into the receipt with the rest of it.
+
+        An audit that fails does not stop the deletion it audits: its error is the record."""
+        from ..audit import deletion
+
+        start = time.perf_counter()
+        out: dict[str, Any] = {"requested": self.audit_spec.mode}
+        try:
+            out["relearn"] = deletion.relearn_audit(self.model, chosen.model, self.data, seed=self.cfg.seed,
+                                                    device=self.device, after_is_retrain=chosen.method == "retrain")
+        except UnlearnkitError as e:
+            out["relearn"] = {"error": str(e)}
+        if self.audit_spec.mode == "full":
+            try:
+                out["full"] = deletion.full_audit(self.store, self.after_forgotten, chosen.method,
+                                                  chosen.record.get("config", {}), self.audit_spec.k, self.request_id)
+            except UnlearnkitError as e:
+                out["full"] = {"error": str(e)}
+                deletion.remove_audit_dir(self.store.path, self.request_id)
+        out["seconds"] = time.perf_counter() - start
+        return out
+
+    def _audit_skipped(self, receipt: Receipt, why: str) -> None:
+        if self.audit_spec is not None:
+            receipt.extra["audit"] = {"requested": self.audit_spec.mode, "skipped": why}
 
     def _figures(self, model, metrics=None, result=None) -> dict[str, float]:
         from ..metrics import evaluate
