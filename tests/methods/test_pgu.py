@@ -54,7 +54,9 @@ def test_unfold_gram_and_projected_gradient_match_direct_computation():
     projected = pgu.project_(conv.weight.grad.clone(), bases["0"]).reshape(3, -1).double()
     lam, vec = torch.linalg.eigh(gram_direct)
     lam, vec = lam.flip(0), vec.flip(1)
-    k = int(torch.nonzero(torch.cumsum(lam, 0) / lam.sum() >= 0.9)[0]) + 1
+    sv = lam.clamp_min(0).sqrt()  # the reference's rule: cumulative singular-value share <= tau
+    k = int((torch.cumsum(sv, 0) / sv.sum() <= 0.9).sum())
+    assert 0 < k < 18
     u = vec[:, :k]
     torch.testing.assert_close(projected, grad_direct - grad_direct @ u @ u.T, rtol=1e-4, atol=1e-4)
 
@@ -91,11 +93,13 @@ def test_grouped_conv_gets_one_gram_per_group():
 
 
 def test_downdate_equals_recomputation_on_the_retain_set(trained_cnn, digits, class3):
-    cache = pgu.prepare(trained_cnn, digits.train, max_dense_features=100, rank=16)  # convs 2 and 3 are sketched
+    # every sample and patch, float64 (tests/methods/test_pgu_budget.py: the same under a sample budget)
+    kw = dict(max_dense_features=100, rank=16, max_samples=None, max_patches=None, dtype=torch.float64)
+    cache = pgu.PGUCache.build(trained_cnn, [digits.train], **kw)  # convs 2 and 3 are sketched
     assert cache.layers["features.3"]["lowrank"] and not cache.layers["head"]["lowrank"]
     fg, ft = cache.forget_stats(trained_cnn, class3.forget)
     retain_g, retain_t = cache.downdated(fg, ft)
-    direct = pgu.PGUCache.build(trained_cnn, [class3.retain], max_dense_features=100, rank=16)
+    direct = pgu.PGUCache.build(trained_cnn, [class3.retain], **kw)
     for name in cache.layers:
         scale = max(1.0, direct.grams[name].abs().max().item())
         assert (retain_g[name] - direct.grams[name]).abs().max().item() <= 1e-8 * scale, name
@@ -107,10 +111,10 @@ def test_lowrank_sketch_recovers_the_dense_projector():
     layer = nn.Sequential(nn.Linear(40, 3))
     x = torch.randn(300, 5) @ torch.randn(5, 40) * torch.linspace(1, 3, 5).repeat(8)  # rank-5 inputs
     data = uk.data.ArrayDataset(x, torch.zeros(300))
-    dense = pgu.PGUCache.build(layer, [data], max_dense_features=4096)
-    sketch = pgu.PGUCache.build(layer, [data], max_dense_features=16, rank=12)
+    dense = pgu.PGUCache.build(layer, [data], max_dense_features=4096, dtype=torch.float64)
+    sketch = pgu.PGUCache.build(layer, [data], max_dense_features=16, rank=12, dtype=torch.float64)
     assert sketch.grams["0"].shape == (1, 40, 12)
-    for energy in (0.9, 1.0):
+    for energy in (0.9, 0.99):  # (tau = 1 freezes a dense layer; a sketch only knows the data's span)
         bd, rd = pgu.projection_bases(dense, dense.grams, dense.traces, energy)
         bs, rs = pgu.projection_bases(sketch, sketch.grams, sketch.traces, energy)
         assert rd == rs
