@@ -76,7 +76,7 @@ from ..errors import UnlearnkitError
 from ..models.outputs import call_model, forward
 from ..utils import atomic_write_bytes, model_device, stable_hash, state_dict_hash
 
-__all__ = ["PGUCache", "prepare", "target_layers", "sample_ids", "layer_inputs", "layer_patches", "projection_bases",
+__all__ = ["PGUCache", "prepare", "target_layers", "input_layers", "sample_ids", "layer_inputs", "layer_patches", "projection_bases",
            "project_", "kept_rank", "budget_ids", "default_cache_path", "CACHE_FILE"]
 
 FORMAT_VERSION = 2
@@ -108,6 +108,20 @@ def target_layers(model: nn.Module) -> dict[str, nn.Module]:
                 "in_proj_weight and out_proj.weight without calling a module, so their inputs cannot be captured; "
                 "use attention built from nn.Linear q/k/v/proj layers (as unlearnkit's vit_tiny).")
     return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+@torch.no_grad()
+def input_layers(model: nn.Module, x: torch.Tensor) -> set[str]:
+    """Names of the target layers that receive the model's input tensor itself (first conv, patch embedding)."""
+    seen: set[str] = set()
+    handles = [m.register_forward_pre_hook(lambda m, args, n=n: seen.add(n) if args and args[0] is x else None)
+               for n, m in target_layers(model).items()]
+    try:
+        call_model(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def layer_groups(module: nn.Module) -> tuple[int, int]:
@@ -294,9 +308,10 @@ def _accumulate(model: nn.Module, sources: Sequence[tuple[Dataset, np.ndarray]],
 def kept_rank(eigvals: torch.Tensor, tau: float, sqrt_total: float | None = None) -> int:
     """How many leading directions the projector keeps: PGU's (and GPM's) rule on singular values.
 
-    With singular values ``s = sqrt(eigvals)`` (descending), keep the ``k`` leading directions
-    whose cumulative share ``cumsum(s) / sum(s)`` is at most ``tau``, as the reference code
-    counts them; ``tau = 1`` keeps every direction (the layer is frozen). ``sqrt_total``
+    With singular values ``s = sqrt(eigvals)`` (descending), keep the directions whose cumulative
+    share ``cumsum(s) / sum(s)`` is at most ``tau``, plus one (the direction that crosses tau), as
+    the reference's class-forgetting script counts them (``unlearn_class.py``; its sample script
+    omits the +1); ``tau = 1`` keeps every direction (the layer is frozen). ``sqrt_total``
     replaces ``sum(s)`` when ``eigvals`` are only the top of the spectrum (sketched layers).
     """
     s = eigvals.clamp_min(0).sqrt()
@@ -305,7 +320,7 @@ def kept_rank(eigvals: torch.Tensor, tau: float, sqrt_total: float | None = None
         return 0 if tau < 1 else len(s)
     if tau >= 1:
         return len(s)
-    return int((torch.cumsum(s, 0) / total <= tau + 1e-12).sum())
+    return min(int((torch.cumsum(s, 0) / total <= tau + 1e-12).sum()) + 1, len(s))
 
 
 def _nystrom(sketch: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,9 +67,11 @@ class PGUConfig(MethodConfig):
     update_cache: bool = field(True, "After a successful request, subtract the forget set from the cache file.")
     energy: float = field(0.95, "Threshold tau in (0, 1]: keep the leading directions whose cumulative share of "
                                 "the singular values (square roots of the Gram's eigenvalues) is <= tau.")
+    freeze_input_layers: bool = field(True, "Leave the layers fed the model's input itself (first conv, patch "
+                                            "embedding) unchanged (ours; the reference projects them too).")
     lr: float = field(0.5, "Initial learning rate (plain SGD; the reference: 0.05 over up to 100 passes).")
     lr_end: float = field(0.1, "Final learning rate (exponential decay over the step budget; the reference: 0.01).")
-    batch_size: int = field(32, "Forget-set batch size.")
+    batch_size: int = field(8, "Forget-set batch size (small: a 5-pass budget on a small forget set needs steps).")
     max_epochs: int = field(5, "At most this many passes over the forget set.")
     max_steps: int | None = field(None, "Optional step cap below max_epochs' (None: none).")
     weight_decay: float = field(0.0, "Weight decay, added to the gradient before projection.")
@@ -94,6 +96,7 @@ class PGUConfig(MethodConfig):
         "cache": [InstanceOf((str, os.PathLike), "a path"), None],
         "update_cache": [bool],
         "energy": [Interval(float, 0, 1, closed="right")],
+        "freeze_input_layers": [bool],
         "lr": [Interval(float, 0, None, closed="neither")],
         "lr_end": [Interval(float, 0, None, closed="neither")],
         "batch_size": [Interval(int, 1, None)],
@@ -214,10 +217,16 @@ class PGU(Method):
             self.info["cache_updated"] = c.cache is not None
         return model
 
+    def _frozen_input_layers(self, model: nn.Module, forget: Dataset) -> set[str]:
+        x, _ = next(iter(iterate_batches(forget, 1, device=self.device)))
+        return gram.input_layers(model, x)
+
     def _train(self, model: nn.Module, forget: Dataset, bases: dict[str, torch.Tensor], target: float | None):
         c = self.config
         layers = gram.target_layers(model)
-        weights = {n: m.weight for n, m in layers.items()}
+        frozen = self._frozen_input_layers(model, forget) if c.freeze_input_layers else set()
+        self.info["frozen_layers"] = sorted(frozen)
+        weights = {n: m.weight for n, m in layers.items() if n not in frozen}
         for p in model.parameters():
             p.requires_grad_(False)
         for w in weights.values():
