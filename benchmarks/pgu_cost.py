@@ -10,6 +10,11 @@ oracle, and the projector's distance to the full-data float64 projector (mean ov
     python benchmarks/pgu_cost.py                                   # ResNet-20, 2,500 CIFAR-10 images, class 3
     python benchmarks/pgu_cost.py --scenario random:0.1 --budgets 250x64 1000x64 all
     python benchmarks/pgu_cost.py --dataset digits --model cnn --epochs 30   # seconds, for a smoke run
+    python benchmarks/pgu_cost.py --model vit_tiny --subset 1000 --epochs 4 --lora   # + the LoRA family
+
+With ``--lora`` the same run then times one epoch of finetune, lora, prune_lora and rfa_lora
+(benchmarks/lora_cost.py, each in a fresh process for its peak memory) on the same retain/forget
+split, starting from the same trained original, so issue #15's two cost tables come from one run.
 
 Needs /work/shared/data (or $UNLEARNKIT_DATA) for CIFAR-10. One torch thread (--threads) by default.
 """
@@ -89,6 +94,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lora", action="store_true", help="also time one epoch of the LoRA family (see above)")
+    parser.add_argument("--lora-batch-size", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -146,9 +153,27 @@ def main() -> None:
               f"{row['request_vs_retrain_seconds']:.3f} s / {row['request_vs_retrain_passes']:.3f} passes, "
               f"projector dist {distance:.3f}, stop: {info['stop_reason']}; "
               + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()), flush=True)
+    lora_rows = lora_family(args, work / f"{tag}-original.safetensors") if args.lora else []
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows, "lora": lora_rows}, indent=1))
+
+
+def lora_family(args, weights: Path) -> list[dict]:
+    """benchmarks/lora_cost.py on this run's data and original weights; its table is printed as it goes."""
+    import subprocess
+    import sys
+    import tempfile
+
+    if args.dataset != "cifar10":
+        raise SystemExit("--lora needs --dataset cifar10 (lora_cost.py builds 32x32x3 models)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "lora.json"
+        subprocess.run([sys.executable, str(Path(__file__).with_name("lora_cost.py")), "--models", args.model,
+                        "--dataset", args.dataset, "--subset", str(args.subset), "--scenario", args.scenario,
+                        "--weights", str(weights), "--threads", str(args.threads),
+                        "--batch-size", str(args.lora_batch_size), "--json", str(out)], check=True)
+        return json.loads(out.read_text())
 
 
 if __name__ == "__main__":

@@ -67,6 +67,33 @@ def trained_model(name: str, digits, work: str | None) -> torch.nn.Module:
     return model.eval()
 
 
+def layer_inputs(model: torch.nn.Module, data) -> dict[str, torch.Tensor]:
+    """Every target layer's input rows (layer_inputs, group 0) over ``data`` (a Subset of an ArrayDataset)."""
+    x, _ = data.dataset.batch(torch.as_tensor(data.indices))
+    got: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: got.__setitem__(n, pgu.layer_inputs(m, a[0])[0]))
+             for n, m in pgu.target_layers(model).items()]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return got
+
+
+def print_movement(before: torch.nn.Module, after: torch.nn.Module, split) -> None:
+    """Per layer: ||dW x|| / ||W x|| over retain and forget inputs of the original model, and the shift of
+    the retain inputs themselves between the two models (what the projector of that layer never saw)."""
+    r0, r1, f0 = layer_inputs(before, split.retain), layer_inputs(after, split.retain), layer_inputs(before, split.forget)
+    new = pgu.target_layers(after)
+    for name, layer in pgu.target_layers(before).items():
+        w0 = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        dw = new[name].weight.detach().reshape(w0.shape) - w0
+        move = lambda x: float((x @ dw.T).norm() / (x @ w0.T).norm())  # noqa: E731
+        shift = float((r1[name] - r0[name]).norm() / r0[name].norm())
+        print(f"    {name:20s} |dW|/|W| {float(dw.norm() / w0.norm()):.3f}  retain move {move(r0[name]):.3f}  "
+              f"forget move {move(f0[name]):.3f}  retain input shift {shift:.3f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["cnn", "vit_tiny"])
@@ -74,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", nargs="*", default=[])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default=None, help="Folder to cache the trained models in (default: none).")
+    ap.add_argument("--movement", action="store_true", help="Also print each layer's output movement on retain "
+                                                             "vs forget inputs (grouped convs: group 0).")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     set_progress(False)
@@ -106,6 +135,8 @@ def main(argv=None) -> int:
                     print(f"{name:9s} {scenario:11s} {label:36s} {ua:6.1f} {ra:6.1f} {ta:6.1f} "
                           f"{res.info['forget_passes']:6.2f} {res.steps:5d}  {res.info['stop_reason'][:40]} "
                           f"({secs:.1f}s)", flush=True)
+                    if args.movement:
+                        print_movement(model, out, split)
     return 0
 
 

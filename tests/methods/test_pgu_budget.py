@@ -15,21 +15,22 @@ from unlearnkit.methods.pgu import PGU, PGUConfig
 
 
 def test_rank_rule_counts_cumulative_singular_values():
-    # eigenvalues 100, 1, 1, 1, 1: singular values 10, 1, 1, 1, 1, cumulative share .714 .786 .857 .929 1
+    # eigenvalues 100, 1, 1, 1, 1: singular values 10, 1, 1, 1, 1, cumulative share .714 .786 .857 .929 1;
+    # the reference's class script keeps those <= tau plus one
     eig = torch.tensor([100.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
-    assert [pgu.kept_rank(eig, tau) for tau in (0.5, 0.75, 0.8, 0.9, 0.95, 1.0)] == [0, 1, 2, 3, 4, 5]
-    # the eigenvalue-energy rule would keep 1 direction at tau 0.9 (100/104 = 0.96 >= 0.9); this keeps 3
+    assert [pgu.kept_rank(eig, tau) for tau in (0.5, 0.75, 0.8, 0.9, 0.95, 1.0)] == [1, 2, 3, 4, 5, 5]
+    # the eigenvalue-energy rule would keep 1 direction at tau 0.9 (100/104 = 0.96 >= 0.9); this keeps 4
     q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
     x = torch.diag(eig.sqrt()) @ q.T  # 5 samples whose Gram x^T x = q diag(eig) q^T
     cache = pgu.PGUCache.build(nn.Sequential(nn.Linear(5, 2)), [uk.data.ArrayDataset(x, torch.zeros(5))],
                                max_samples=None, dtype=torch.float64)
     _, ranks = pgu.projection_bases(cache, cache.grams, cache.traces, 0.9)
-    assert ranks["0"] == [3]
+    assert ranks["0"] == [4]
 
 
 def test_pgu_defaults_follow_the_reference():
     c = PGUConfig()
-    assert c.eps == 0.05 and c.energy == 0.95 and c.entropy_weight == 0.2
+    assert c.eps == 0.05 and c.energy == 0.95 and c.entropy_weight == 0.2 and c.weight_decay == 0.0
 
 
 def _known_spectrum_data(n=3000, seed=0):
@@ -48,7 +49,7 @@ def test_float32_accumulation_gives_the_float64_projector():
     assert (c32.grams["0"] - c64.grams["0"]).abs().max() <= 1e-5 * scale
     b32, r32 = pgu.projection_bases(c32, c32.grams, c32.traces, 0.95)
     b64, r64 = pgu.projection_bases(c64, c64.grams, c64.traces, 0.95)
-    assert r32 == r64 == {"0": [4]}
+    assert r32 == r64 == {"0": [5]}  # singular-value shares .33 .60 .80 .93 .995: four <= 0.95, plus one
     p32, p64 = b32["0"][0] @ b32["0"][0].T, b64["0"][0] @ b64["0"][0].T
     assert (p32 - p64).norm() <= 1e-4 * p64.norm()
 
@@ -135,3 +136,30 @@ def test_multihead_attention_is_refused_naming_the_layer(digits, class3):
     assert "\n" not in str(e.value)
     with pytest.raises(uk.UnlearnkitError, match=r"encoder\.layers\.0\.self_attn"):
         uk.unlearn(model, class3.retain, class3.forget, "pgu")
+
+
+def test_input_layers_are_the_layers_fed_the_model_input():
+    class TwoStems(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
+            self.mix = nn.Conv2d(2, 2, 1)
+            self.head = nn.Linear(2, 3)
+
+        def forward(self, x):
+            return self.head(self.mix(self.a(x) + self.b(x)).mean((2, 3)))
+
+    assert pgu.input_layers(TwoStems(), torch.randn(2, 1, 6, 6)) == {"a", "b"}
+
+
+def test_unfrozen_input_layer_costs_the_vit_its_retain_accuracy(trained_vit, digits, class3, tmp_path):
+    """The patch embedding sees raw pixel patches, where class 3 has no directions of its own: stepping it
+    moves the retain tokens as much as the forget ones, and every block downstream with them. (Frozen, the
+    same request keeps retain accuracy within 5 points: test_class_forgetting_without_retain_data.)"""
+    pgu.prepare(trained_vit, digits.train, path=tmp_path / "g.safetensors")
+    result = uk.unlearn(trained_vit, None, class3.forget, "pgu", cache=str(tmp_path / "g.safetensors"),
+                        update_cache=False, freeze_input_layers=False)
+    assert result.info["frozen_layers"] == []
+    assert not torch.equal(result.model.patch_embed.weight, trained_vit.patch_embed.weight)
+    assert uk.accuracy(result.model, class3.forget) < 10.0
+    assert uk.accuracy(trained_vit, class3.retain) - uk.accuracy(result.model, class3.retain) > 15.0

@@ -8,7 +8,7 @@ downdate per request) and ``docs/methods/pgu.md``.
 Per request: retain Gram = cached Gram - forget Gram (only the forget samples the cache's
 sampled Grams hold are passed); per Linear/Conv2d layer (and group) keep the leading
 eigenvectors U by the reference's rule (cumulative share of the singular values, i.e. the
-square roots of the eigenvalues, <= ``energy``; ``unlearnkit.pgu.kept_rank``); then plain SGD
+square roots of the eigenvalues, <= ``energy``, plus one; ``unlearnkit.pgu.kept_rank``); then plain SGD
 on the forget loss with every weight gradient projected, ``g <- g - g U U^T`` (conv weights
 as out x (in*kh*kw)); weight decay is added to g before projecting; no momentum (it would
 carry unprojected history). BatchNorm runs in eval mode; biases, BatchNorm/LayerNorm
@@ -18,8 +18,11 @@ Forget loss, as the reference: ``mean[-log(1 - p_y + eps)] - entropy_weight * me
 (eps = the reference's offset 0.05, entropy weight 0.2); LR decays exponentially from ``lr``
 to ``lr_end`` over the step budget.
 
-Our choices:
-* Budget: at most ``max_epochs`` (5) passes over the forget set (and ``max_steps`` if set).
+Our choices (measured in docs/methods/pgu.md, "Choosing the request defaults"):
+* The layers fed the model's input itself (first conv, patch embedding) are not stepped
+  (``freeze_input_layers``): on raw pixel patches the forget data has no directions of its own.
+* Budget: at most ``max_epochs`` (5) passes over the forget set (and ``max_steps`` if set), in
+  batches of 8 (the reference: 100 of a 5,000-image class, i.e. 50 steps per pass).
 * Stopping, checked every ``check_every`` (5) steps and after the last step, on fixed
   samples of ``check_samples`` (256) images: forget accuracy on a sample of D_f; retain
   accuracy on a sample of the retain set if one is given, else of the held-out
