@@ -76,8 +76,8 @@ from ..errors import UnlearnkitError
 from ..models.outputs import call_model, forward
 from ..utils import atomic_write_bytes, model_device, stable_hash, state_dict_hash
 
-__all__ = ["PGUCache", "prepare", "target_layers", "input_layers", "sample_ids", "layer_inputs", "layer_patches", "projection_bases",
-           "project_", "kept_rank", "budget_ids", "default_cache_path", "CACHE_FILE"]
+__all__ = ["PGUCache", "prepare", "target_layers", "input_layers", "sample_ids", "layer_inputs", "layer_patches",
+           "projection_bases", "project_", "kept_rank", "budget_ids", "default_cache_path", "CACHE_FILE"]
 
 FORMAT_VERSION = 2
 DEFAULT_MAX_SAMPLES = 1000

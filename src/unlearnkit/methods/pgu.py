@@ -140,9 +140,10 @@ class PGU(Method):
         super().__init__(model, config, **kwargs)
         self.check_data = check_data
         self.cache: gram.PGUCache | None = None
+        self._frozen: set[str] = set()  # input layers left unchanged (found in prepare)
 
     def _trainable_parameters(self, model):
-        return sum(m.weight.numel() for m in gram.target_layers(model).values())
+        return sum(m.weight.numel() for n, m in gram.target_layers(model).items() if n not in self._frozen)
 
     # ---- prepare: load (and check) or build the Gram cache ------------------------------------
     def _prepare(self, model, retain, forget):
@@ -168,6 +169,8 @@ class PGU(Method):
                                                  max_patches=c.gram_patches)
             self.info.update(gram="computed from retain + forget", gram_seconds=t["seconds"])
             self._forget_ids = self.cache.check_forget(forget, f_ids)
+        self._frozen = self._frozen_input_layers(model, forget) if c.freeze_input_layers else set()
+        self.info["frozen_layers"] = sorted(self._frozen)
         self.info["gram_mb"] = self.cache.memory_bytes / 2**20
         self.info["gram_samples"] = int(len(self.cache.gram_ids))
         # fixed, small check sets: forget accuracy on a forget sample; retain accuracy on a retain
@@ -227,9 +230,7 @@ class PGU(Method):
     def _train(self, model: nn.Module, forget: Dataset, bases: dict[str, torch.Tensor], target: float | None):
         c = self.config
         layers = gram.target_layers(model)
-        frozen = self._frozen_input_layers(model, forget) if c.freeze_input_layers else set()
-        self.info["frozen_layers"] = sorted(frozen)
-        weights = {n: m.weight for n, m in layers.items() if n not in frozen}
+        weights = {n: m.weight for n, m in layers.items() if n not in self._frozen}
         for p in model.parameters():
             p.requires_grad_(False)
         for w in weights.values():
