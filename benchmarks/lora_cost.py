@@ -12,6 +12,11 @@ the imported libraries excluded).
     python benchmarks/lora_cost.py                        # both models, ~3 minutes on 1 thread
     python benchmarks/lora_cost.py --models resnet20 --n 512 --repeats 3 --set dropout=0.1
     python benchmarks/lora_cost.py --dropout-steps        # step time of LoRA dropout 0.0 vs 0.1
+    python benchmarks/lora_cost.py --models resnet20 --dataset cifar10 --subset 2500 --scenario class:3 \
+        --weights runs/pgu_cost/cifar102500-resnet20-e12-s0-original.safetensors   # real data, trained model
+
+``benchmarks/pgu_cost.py`` calls it that way, so one run reports PGU's and the LoRA family's cost
+on the same model and data. ``--json FILE`` also writes the rows.
 """
 
 from __future__ import annotations
@@ -26,28 +31,49 @@ import sys
 METHODS = ("finetune", "lora", "prune_lora", "rfa_lora")
 
 
-def run_one(model_name: str, method: str, n: int, batch_size: int, threads: int, lora_options: dict) -> dict:
+def random_data(n: int):
+    """``n`` random uint8 32x32x3 images with random labels, the first 10% the forget set."""
     import torch
 
-    import unlearnkit as uk
     from unlearnkit.data import ArrayDataset
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    n_forget = n // 10
+    return ArrayDataset(x[n_forget:], y[n_forget:], scale=255.0), ArrayDataset(x[:n_forget], y[:n_forget], scale=255.0)
+
+
+def real_data(dataset: str, subset: int | None, scenario: str):
+    import unlearnkit as uk
+
+    splits = uk.load_dataset(dataset, **({"subset": subset} if subset else {}))
+    data = uk.make_unlearning_data(splits.train, splits.test, scenario, seed=0)
+    return data.retain, data.forget
+
+
+def run_one(model_name: str, method: str, n: int, batch_size: int, threads: int, lora_options: dict,
+            dataset: str | None = None, subset: int | None = None, scenario: str = "class:3",
+            weights: str | None = None) -> dict:
+    import torch
+    from torch.utils.data import Subset
+
+    import unlearnkit as uk
     from unlearnkit.progress import set_progress
     from unlearnkit.utils import PeakMemory, _rss_bytes
 
     torch.set_num_threads(threads)
     set_progress(False)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    n_forget = n // 10
-    forget = ArrayDataset(x[:n_forget], y[:n_forget], scale=255.0)
-    retain = ArrayDataset(x[n_forget:], y[n_forget:], scale=255.0)
+    retain, forget = real_data(dataset, subset, scenario) if dataset else random_data(n)
     torch.manual_seed(0)
     model = uk.create_model(model_name, num_classes=10, in_channels=3, image_size=32)
+    if weights:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(weights))
     options = dict(epochs=1, batch_size=batch_size, device="cpu", **(lora_options if method != "finetune" else {}))
     # warm-up on a few samples through the same code paths, so lazy initialisation is not timed
-    uk.unlearn(model, ArrayDataset(x[n_forget:n_forget + 32], y[n_forget:n_forget + 32], scale=255.0), forget,
-               method, **options)
+    uk.unlearn(model, Subset(retain, list(range(32))), forget, method, **options)
     before = _rss_bytes()
     with PeakMemory() as mem:
         r = uk.unlearn(model, retain, forget, method, **options)
@@ -107,11 +133,21 @@ def main() -> None:
                         help="an option of the LoRA methods, e.g. --set dropout=0.0 (repeatable)")
     parser.add_argument("--dropout-steps", action="store_true",
                         help="only time single steps of finetune vs LoRA with dropout 0.0 / 0.1 (batch 64)")
+    parser.add_argument("--dataset", default=None, help="a dataset name (e.g. cifar10) instead of random images")
+    parser.add_argument("--subset", type=int, default=None, help="with --dataset: training images kept")
+    parser.add_argument("--scenario", default="class:3", help="with --dataset: the forget request")
+    parser.add_argument("--weights", default=None, help="safetensors state dict to start from (one model)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--inner", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    data_args = ["--scenario", args.scenario]
+    for flag, value in (("--dataset", args.dataset), ("--subset", args.subset), ("--weights", args.weights)):
+        if value is not None:
+            data_args += [flag, str(value)]
     if args.inner:
         lora_options = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-        print(json.dumps(run_one(*args.inner, args.n, args.batch_size, args.threads, lora_options)))
+        print(json.dumps(run_one(*args.inner, args.n, args.batch_size, args.threads, lora_options,
+                                 args.dataset, args.subset, args.scenario, args.weights)))
         return
     if args.dropout_steps:
         for model_name in args.models.split(","):
@@ -119,18 +155,21 @@ def main() -> None:
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), UNLEARNKIT_QUIET="1")
     shown = f", LoRA options {' '.join(args.set)}" if args.set else ""
-    print(f"{args.n} random images 3x32x32 ({args.n // 10} forget), batch {args.batch_size}, "
+    what = (f"{args.dataset} ({args.subset or 'all'} training images, {args.scenario})" if args.dataset
+            else f"{args.n} random images 3x32x32 ({args.n // 10} forget)")
+    print(f"{what}, batch {args.batch_size}, "
           f"{args.threads} torch thread(s), 1 epoch, median of {args.repeats} process(es) per method{shown}")
     print(f"| model | method | epoch s | x finetune | prepare s | peak MB | trainable |")
     print("|---|---|---|---|---|---|---|")
     methods = args.methods.split(",")
+    rows = []
     for model_name in args.models.split(","):
         runs: dict[str, list[dict]] = {m: [] for m in methods}
         for _ in range(args.repeats):  # round-robin, so drifting machine load hits every method alike
             for method in methods:
                 out = subprocess.run([sys.executable, __file__, "--inner", model_name, method, "--n", str(args.n),
                                       "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-                                      *[f"--set={item}" for item in args.set]],
+                                      *data_args, *[f"--set={item}" for item in args.set]],
                                      env=env, check=True, capture_output=True, text=True)
                 runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
         base = statistics.median(r["epoch_s"] for r in runs["finetune"]) if "finetune" in runs else None
@@ -139,8 +178,12 @@ def main() -> None:
             for key in ("epoch_s", "prepare_s", "peak_mb"):
                 row[key] = statistics.median(r[key] for r in runs[method])
             ratio = f"{row['epoch_s'] / base:.2f}" if base else "-"
+            rows.append({**row, "vs_finetune": row["epoch_s"] / base if base else None})
             print(f"| {model_name} | {method} | {row['epoch_s']:.2f} | {ratio} | {row['prepare_s']:.2f} | "
                   f"{row['peak_mb']:.0f} | {row['trainable']:,} / {row['total']:,} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":

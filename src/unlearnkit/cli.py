@@ -363,10 +363,12 @@ def prepare(
     batch_size: int = typer.Option(128, "--batch-size", help="Batch size of the no-grad pass."),
     max_dense_features: int = typer.Option(4096, help="Wider layers get a randomized low-rank sketch."),
     rank: int = typer.Option(256, help="Sketch rank of the low-rank layers."),
+    max_samples: int = typer.Option(1000, help="Training samples the Grams hold, chosen by id (0: all)."),
+    max_patches: int = typer.Option(64, help="Patches (conv positions or tokens) per sample (0: all)."),
     data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
-    """PGU's one-time step: per-layer input Gram matrices over the training set, saved beside the checkpoint."""
+    """PGU's one-time step: per-layer input Grams over a sample of the training set, beside the checkpoint."""
     import time
 
     from .components.gradient_projection import default_cache_path
@@ -374,6 +376,9 @@ def prepare(
     from .workflow import check_output_file, load_original
 
     _setup(quiet)
+    for name, value in (("--max-samples", max_samples), ("--max-patches", max_patches)):
+        if value < 0:
+            raise UnlearnkitError(f"{name} must be a positive integer or 0 (all); got {value}.")
     if out is not None:  # the default path is the checkpoint's own cache, recomputed each time
         path = check_output_file(out, inputs=(checkpoint,), overwrite=overwrite, is_previous=_is_pgu_cache)
     else:
@@ -381,9 +386,9 @@ def prepare(
     net, _, splits = load_original(checkpoint, data_root=data_root, device=device)
     start = time.perf_counter()
     cache = pgu_prepare(net, splits.train, path=path, batch_size=batch_size, max_dense_features=max_dense_features,
-                        rank=rank, seed=seed)
+                        rank=rank, seed=seed, max_samples=max_samples or None, max_patches=max_patches or None)
     _on_interrupt(lambda: f"the PGU cache was written to {path}")
-    console.print(f"PGU Gram of {len(cache.layers)} layers over {len(cache.ids)} samples "
+    console.print(f"PGU Gram of {len(cache.layers)} layers over {len(cache.gram_ids)} of {len(cache.ids)} samples "
                   f"({cache.memory_bytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s -> {path}",
                   markup=False)
 

@@ -74,7 +74,7 @@ def special_state(train) -> dict:
         return model.register_forward_pre_hook(lambda m, args: seen.__setitem__(part, seen[part] + len(args[0])))
 
     hook = counting("pgu")
-    cache = PGUCache.build(model, [train], batch_size=50)
+    cache = PGUCache.build(model, [train], batch_size=50, max_samples=None, dtype=torch.float64)  # every sample
     hook.remove()
     ssd_counter, salun_counter = Counter(), Counter()
     # SSD's per-sample pass runs the forward under vmap, where a forward hook sees one sample per

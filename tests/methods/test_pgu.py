@@ -54,7 +54,9 @@ def test_unfold_gram_and_projected_gradient_match_direct_computation():
     projected = pgu.project_(conv.weight.grad.clone(), bases["0"]).reshape(3, -1).double()
     lam, vec = torch.linalg.eigh(gram_direct)
     lam, vec = lam.flip(0), vec.flip(1)
-    k = int(torch.nonzero(torch.cumsum(lam, 0) / lam.sum() >= 0.9)[0]) + 1
+    sv = lam.clamp_min(0).sqrt()  # the reference's rule: cumulative singular-value share <= tau, plus one
+    k = int((torch.cumsum(sv, 0) / sv.sum() <= 0.9).sum()) + 1
+    assert 0 < k < 18
     u = vec[:, :k]
     torch.testing.assert_close(projected, grad_direct - grad_direct @ u @ u.T, rtol=1e-4, atol=1e-4)
 
@@ -91,11 +93,13 @@ def test_grouped_conv_gets_one_gram_per_group():
 
 
 def test_downdate_equals_recomputation_on_the_retain_set(trained_cnn, digits, class3):
-    cache = pgu.prepare(trained_cnn, digits.train, max_dense_features=100, rank=16)  # convs 2 and 3 are sketched
+    # every sample and patch, float64 (tests/methods/test_pgu_budget.py: the same under a sample budget)
+    kw = dict(max_dense_features=100, rank=16, max_samples=None, max_patches=None, dtype=torch.float64)
+    cache = pgu.PGUCache.build(trained_cnn, [digits.train], **kw)  # convs 2 and 3 are sketched
     assert cache.layers["features.3"]["lowrank"] and not cache.layers["head"]["lowrank"]
     fg, ft = cache.forget_stats(trained_cnn, class3.forget)
     retain_g, retain_t = cache.downdated(fg, ft)
-    direct = pgu.PGUCache.build(trained_cnn, [class3.retain], max_dense_features=100, rank=16)
+    direct = pgu.PGUCache.build(trained_cnn, [class3.retain], **kw)
     for name in cache.layers:
         scale = max(1.0, direct.grams[name].abs().max().item())
         assert (retain_g[name] - direct.grams[name]).abs().max().item() <= 1e-8 * scale, name
@@ -107,10 +111,10 @@ def test_lowrank_sketch_recovers_the_dense_projector():
     layer = nn.Sequential(nn.Linear(40, 3))
     x = torch.randn(300, 5) @ torch.randn(5, 40) * torch.linspace(1, 3, 5).repeat(8)  # rank-5 inputs
     data = uk.data.ArrayDataset(x, torch.zeros(300))
-    dense = pgu.PGUCache.build(layer, [data], max_dense_features=4096)
-    sketch = pgu.PGUCache.build(layer, [data], max_dense_features=16, rank=12)
+    dense = pgu.PGUCache.build(layer, [data], max_dense_features=4096, dtype=torch.float64)
+    sketch = pgu.PGUCache.build(layer, [data], max_dense_features=16, rank=12, dtype=torch.float64)
     assert sketch.grams["0"].shape == (1, 40, 12)
-    for energy in (0.9, 1.0):
+    for energy in (0.9, 0.99):  # (tau = 1 freezes a dense layer; a sketch only knows the data's span)
         bd, rd = pgu.projection_bases(dense, dense.grams, dense.traces, energy)
         bs, rs = pgu.projection_bases(sketch, sketch.grams, sketch.traces, energy)
         assert rd == rs
@@ -150,26 +154,46 @@ def cache_file(tmp_path):
     return tmp_path / "gram.safetensors"
 
 
-def _frozen_state(model):
-    targets = {f"{n}.weight" for n in pgu.target_layers(model)}
+INPUT_LAYER = {"cnn": "features.0", "vit_tiny": "patch_embed"}
+
+
+def _frozen_state(model, input_layer):
+    targets = {f"{n}.weight" for n in pgu.target_layers(model)} - {f"{input_layer}.weight"}
     return {k: v.clone() for k, v in model.state_dict().items() if k not in targets}
 
 
 def test_class_forgetting_without_retain_data(tiny_model, digits, class3, cache_file):
     arch, model = tiny_model
     pgu.prepare(model, digits.train, path=cache_file)
-    frozen = _frozen_state(model)
+    frozen = _frozen_state(model, INPUT_LAYER[arch])
     result = uk.unlearn(model, None, class3.forget, "pgu", cache=str(cache_file))
     out = result.model
     assert uk.accuracy(out, class3.forget) < 10.0
     assert uk.accuracy(model, class3.retain) - uk.accuracy(out, class3.retain) < 5.0
     assert uk.accuracy(model, class3.test_retain) - uk.accuracy(out, class3.test_retain) < 5.0
-    for k, v in _frozen_state(out).items():  # biases, BN/LN, embeddings: bit for bit
+    assert result.sample_passes <= 5 * len(class3.forget)
+    assert result.info["frozen_layers"] == [INPUT_LAYER[arch]]
+    for k, v in _frozen_state(out, INPUT_LAYER[arch]).items():  # biases, BN/LN, embeddings, input layer: bit for bit
         assert torch.equal(v, frozen[k]), k
     assert result.info["forgetting"] == "class" and result.info["check_set"] == "none"
     saved = pgu.PGUCache.load(cache_file)
     assert set(saved.subtracted) == set(class3.forget_ids.tolist())
     saved.check_model(out)  # the cache now belongs to the unlearned model
+
+
+def test_random_sample_forgetting_stops_at_the_heldout_accuracy(tiny_model, digits, random10, cache_file):
+    arch, model = tiny_model
+    pgu.prepare(model, digits.train, path=cache_file)
+    runner = PGU(model, PGUConfig(cache=str(cache_file)), check_data=digits.test)
+    result = runner.fit(None, random10.forget)
+    out, heldout = result.model, uk.accuracy(model, digits.test)
+    assert result.info["forgetting"] == "sample" and result.info["forget_acc_target"] == pytest.approx(heldout)
+    assert result.info["check_set"] == "check_data"
+    assert uk.accuracy(out, random10.forget) <= heldout + 3.0  # the retrain oracle's forget accuracy ~ held-out
+    assert uk.accuracy(model, random10.retain) - uk.accuracy(out, random10.retain) < 2.0
+    moved = [n for n, m in pgu.target_layers(out).items()
+             if not torch.equal(m.weight, pgu.target_layers(model)[n].weight)]
+    assert moved and INPUT_LAYER[arch] not in moved  # not a no-op; the input layer stays frozen
 
 
 def test_without_cache_the_gram_comes_from_retain_and_forget(trained_cnn, class3):
@@ -241,16 +265,3 @@ def test_cli_prepare_writes_the_cache_beside_the_checkpoint(trained_cnn, digits,
     assert len(cache.ids) == len(digits.train)
     assert main(["prepare", "--checkpoint", str(tmp_path / "missing")]) == 2
 
-
-def test_retain_guard_runs_when_the_forget_target_is_met(trained_cnn, class3):
-    """A huge step meets the forget target and wrecks the rest: the guard must see it and roll back (#17)."""
-    config = PGUConfig(lr=20.0, lr_end=20.0, energy=0.01, forgetting="class", class_target=50.0, max_steps=3,
-                       check_every=3, max_retain_drop=5.0)
-    runner = PGU(trained_cnn, config)
-    result = runner.fit(class3.retain, class3.forget)
-    info = result.info
-    assert result.steps > 0 and info["forget_acc_history"][-1] <= 50.0  # the target was met at that check
-    assert "rolled back to step 0" in info["stop_reason"], info["stop_reason"]
-    before, after = uk.accuracy(trained_cnn, class3.retain), uk.accuracy(result.model, class3.retain)
-    assert before - after <= 5.0
-    assert info["check_acc_after"] == pytest.approx(uk.accuracy(result.model, runner._check_set))

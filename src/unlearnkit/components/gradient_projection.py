@@ -6,10 +6,16 @@ arXiv 2312.04095) updates each Linear/Conv2d weight only in directions orthogona
 to the span of that layer's inputs on the retain data. This module holds the
 data side of the method:
 
-* ``prepare(model, train_data)`` runs the training set through the model once,
+* ``prepare(model, train_data)`` runs a sample of the training set through the model once,
   without gradients, and accumulates per layer the uncentred Gram matrix
-  ``G = sum_x x x^T`` of the layer's inputs in float64 (forward pre-hooks).
-  Linear inputs of shape (batch, tokens, features) are flattened over tokens.
+  ``G = sum_x x x^T`` of the layer's inputs (forward pre-hooks). The sample budget
+  (as GPM and gradient-projection methods build subspaces from a sample): at most
+  ``max_samples`` images (1000; chosen by a hash of their ids, so independent of order)
+  and at most ``max_patches`` patches (64; conv output positions, or tokens of a Linear
+  layer) per image, chosen by a hash of (sample id, layer), so a sample contributes the
+  same patches whenever it is passed and downdates stay exact. Each batch's products
+  are formed in float32 and summed in float64. Linear inputs of shape
+  (batch, tokens, features) are flattened over tokens.
   Conv2d inputs are unfolded with the layer's own kernel size, stride,
   padding (including ``padding="same"`` and non-zero padding modes) and
   dilation. The batches come from ``iterate_batches`` (so the dataset's own
@@ -22,13 +28,14 @@ data side of the method:
   it was built on and the ids subtracted so far. It is stored as one
   safetensors file (metadata as JSON in the header), written atomically.
 * A deletion request needs only the forget data: ``retain Gram = G - G(D_f)``
-  (a downdate). ``PGUCache.subtract(forget, model=...)`` makes that permanent
-  and saves it, so the next request needs neither the retain set nor the
+  (a downdate), where only the forget samples in the sampled ``gram_ids`` are passed
+  (the others never entered G). ``PGUCache.subtract(forget, model=...)`` makes that
+  permanent and saves it, so the next request needs neither the retain set nor the
   earlier forget sets. Ids outside the prepared set or already subtracted are
   refused and the cache is left unchanged.
 * ``projection_bases`` eigendecomposes the retain Grams and keeps, per layer
-  (and group), the top eigenvectors up to an energy threshold ``tau``;
-  ``project_`` applies ``g <- g - g U U^T``.
+  (and group), the leading eigenvectors by the reference's rule on singular values
+  (``kept_rank``); ``project_`` applies ``g <- g - g U U^T``.
 
 Memory: a dense Gram takes ``groups * d^2 * 8`` bytes with ``d = in_features``
 (Linear) or ``C_in/groups * kh * kw`` (Conv2d); a 4096-wide layer needs 128 MiB.
@@ -37,8 +44,9 @@ sketch ``Y = G @ Omega`` (``d x rank`` floats, Omega Gaussian and regenerated
 from a seed) instead; the sketch is linear in the data, so the downdate is
 exact, and the top eigenpairs come from the Nystrom approximation of Tropp,
 Yurtsever, Udell and Cevher, "Fixed-rank approximation of a positive-semidefinite
-matrix from streaming data" (NeurIPS 2017). Energy is measured against the
-exact trace, which is tracked for every layer.
+matrix from streaming data" (NeurIPS 2017). The exact trace is tracked for every
+layer; for a sketched layer the sum of the unseen singular values is bounded
+from it (Cauchy-Schwarz), so the kept rank errs on the side of keeping more.
 
 Our choices: after a request the cache refers to the unlearned model (its
 fingerprint is updated), and the forget Gram of a later request is computed
@@ -53,7 +61,7 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -65,13 +73,15 @@ from .. import distributed as dist
 from ..data.datasets import dataset_labels
 from ..data.loading import iterate_batches
 from ..errors import UnlearnkitError
-from ..models.outputs import call_model
+from ..models.outputs import call_model, forward
 from ..utils import atomic_write_bytes, model_device, stable_hash, state_dict_hash
 
-__all__ = ["PGUCache", "prepare", "target_layers", "sample_ids", "layer_inputs", "projection_bases", "project_",
-           "default_cache_path", "CACHE_FILE"]
+__all__ = ["PGUCache", "prepare", "target_layers", "input_layers", "sample_ids", "layer_inputs", "layer_patches",
+           "projection_bases", "project_", "kept_rank", "budget_ids", "default_cache_path", "CACHE_FILE"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DEFAULT_MAX_SAMPLES = 1000
+DEFAULT_MAX_PATCHES = 64
 CACHE_FILE = "pgu_gram.safetensors"
 META_KEY = "unlearnkit_pgu"
 
@@ -84,8 +94,34 @@ def default_cache_path(checkpoint_dir: str | Path) -> Path:
 # ---- layers and their inputs ------------------------------------------------------------------
 
 def target_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers PGU updates: every ``nn.Linear`` and ``nn.Conv2d``, by module name."""
+    """The layers PGU updates: every ``nn.Linear`` and ``nn.Conv2d``, by module name.
+
+    Models with ``nn.MultiheadAttention`` are refused: its fused path multiplies
+    ``in_proj_weight`` and ``out_proj.weight`` without calling a module (and
+    ``nn.TransformerEncoderLayer``'s inference fast path skips its Linear modules too),
+    so the inputs those weights see cannot be captured and their steps would go unprojected.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention):
+            raise UnlearnkitError(
+                f"PGU cannot project layer {name!r} (nn.MultiheadAttention): its fused attention multiplies "
+                "in_proj_weight and out_proj.weight without calling a module, so their inputs cannot be captured; "
+                "use attention built from nn.Linear q/k/v/proj layers (as unlearnkit's vit_tiny).")
     return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+@torch.no_grad()
+def input_layers(model: nn.Module, x: torch.Tensor) -> set[str]:
+    """Names of the target layers that receive the model's input tensor itself (first conv, patch embedding)."""
+    seen: set[str] = set()
+    handles = [m.register_forward_pre_hook(lambda m, args, n=n: seen.add(n) if args and args[0] is x else None)
+               for n, m in target_layers(model).items()]
+    try:
+        call_model(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def layer_groups(module: nn.Module) -> tuple[int, int]:
@@ -96,15 +132,16 @@ def layer_groups(module: nn.Module) -> tuple[int, int]:
     return module.groups, module.in_channels // module.groups * kh * kw
 
 
-def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input vectors a layer's weight multiplies, as (groups, n, d) with the weight's column order.
+def layer_patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input vectors a layer's weight multiplies, per sample: (groups, n, positions, d).
 
-    Linear: ``x`` reshaped to (-1, in_features). Conv2d: patches unfolded with the
-    layer's kernel size, stride, padding and dilation, channel-major like
-    ``weight.reshape(out, -1)``; group g gets the channels of group g.
+    Linear: ``x`` as (n, tokens, in_features) (tokens = 1 for a 2-D input). Conv2d:
+    patches unfolded with the layer's kernel size, stride, padding and dilation,
+    channel-major like ``weight.reshape(out, -1)``; group g gets the channels of group g.
     """
     if isinstance(module, nn.Linear):
-        return x.reshape(-1, module.in_features)[None]
+        x = x.reshape(-1, module.in_features) if x.dim() < 2 else x
+        return x.reshape(x.shape[0], -1, module.in_features)[None]
     if not isinstance(module, nn.Conv2d):
         raise TypeError(f"PGU handles Linear and Conv2d layers, not {type(module).__name__}")
     if x.dim() == 3:  # unbatched input
@@ -117,8 +154,40 @@ def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
     n, dim, positions = cols.shape
     groups, per_group = layer_groups(module)
-    cols = cols.transpose(1, 2).reshape(n * positions, groups, per_group)
-    return cols.transpose(0, 1)
+    return cols.transpose(1, 2).reshape(n, positions, groups, per_group).permute(2, 0, 1, 3)
+
+
+def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """All input vectors of a batch as (groups, n * positions, d) (see ``layer_patches``)."""
+    cols = layer_patches(module, x)
+    return cols.reshape(cols.shape[0], -1, cols.shape[-1])
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding values < 2**32."""
+    for _ in range(2):
+        h = ((h ^ (h >> 16)) * 0x45D9F3B) % 2**32
+    return h ^ (h >> 16)
+
+
+def patch_choice(ids: torch.Tensor, positions: int, keep: int, salt: int) -> torch.Tensor:
+    """Per sample, ``keep`` of ``positions`` patch indices, (n, keep), a function of (sample id, salt) only.
+
+    Depending on the id (not on the batch or the order) makes a sample contribute the
+    same patches whenever it is seen, so subtracting a forget set's Gram is exact.
+    """
+    start = _mix32(((ids.to(torch.int64) % 2**32) * 0x45D9F3B + salt) % 2**32)
+    key = _mix32(start[:, None] ^ torch.arange(positions, dtype=torch.int64)[None])
+    return torch.argsort(key, dim=1)[:, :keep]
+
+
+def _sampled(cols: torch.Tensor, ids: torch.Tensor, max_patches: int | None, salt: int) -> torch.Tensor:
+    """(groups, n, positions, d) -> (groups, rows, d), keeping at most ``max_patches`` positions per sample."""
+    groups, n, positions, d = cols.shape
+    if max_patches is not None and positions > max_patches:
+        idx = patch_choice(ids, positions, max_patches, salt).to(cols.device)
+        cols = cols.gather(2, idx[None, :, :, None].expand(groups, n, max_patches, d))
+    return cols.reshape(groups, -1, d)
 
 
 # ---- sample ids ------------------------------------------------------------------------------
@@ -157,10 +226,33 @@ def _omega(name: str, groups: int, dim: int, rank: int, seed: int, device) -> to
     return torch.randn(groups, dim, rank, generator=gen, dtype=torch.float64).to(device)
 
 
+def _dtype(precision: str) -> torch.dtype:
+    if precision not in ("float32", "float64"):
+        raise UnlearnkitError(f"PGU cache precision must be float32 or float64; got {precision!r}.")
+    return getattr(torch, precision)
+
+
+def _salt(name: str, seed: int) -> int:
+    return (zlib.crc32(name.encode()) ^ (seed * 0x9E3779B1)) % 2**32
+
+
+def _shard(data: Dataset, ids: np.ndarray) -> tuple[Dataset, np.ndarray]:
+    """This rank's part of ``data`` and the ids of its samples."""
+    shard = dist.shard_dataset(data)
+    if shard is data:
+        return data, ids
+    return shard, ids[np.asarray(shard.indices, dtype=np.int64)]
+
+
 @torch.no_grad()
-def _accumulate(model: nn.Module, datasets: Iterable[Dataset], layers: dict[str, dict], *, seed: int,
-                batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-    """One no-grad pass: per layer the Gram (or its sketch G @ Omega) and the trace; returns the sample count."""
+def _accumulate(model: nn.Module, sources: Sequence[tuple[Dataset, np.ndarray]], layers: dict[str, dict], *,
+                seed: int, batch_size: int, max_patches: int | None = None,
+                dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    """One no-grad pass: per layer the Gram (or its sketch G @ Omega) and the trace; returns the sample count.
+
+    ``sources``: (dataset, one id per sample) pairs; the ids choose each sample's patches.
+    Each batch's products are formed in ``dtype`` and summed over batches in float64.
+    """
     device = model_device(model)
     modules = dict(model.named_modules())
     stats: dict[str, torch.Tensor] = {}
@@ -172,16 +264,19 @@ def _accumulate(model: nn.Module, datasets: Iterable[Dataset], layers: dict[str,
         stats[name] = torch.zeros(g, d, cols, dtype=torch.float64, device=device)
         traces[name] = torch.zeros(g, dtype=torch.float64, device=device)
         if spec["lowrank"]:
-            omegas[name] = _omega(name, g, d, spec["rank"], seed, device)
+            omegas[name] = _omega(name, g, d, spec["rank"], seed, device).to(dtype)
+    batch_ids: list[torch.Tensor] = []
 
     def hook_for(name):
+        salt = _salt(name, seed)
+
         def hook(module, args):
-            x = layer_inputs(module, args[0].detach()).to(torch.float64)  # (groups, n, d)
-            traces[name] += x.pow(2).sum(dim=(1, 2))
+            x = _sampled(layer_patches(module, args[0].detach()), batch_ids[0], max_patches, salt).to(dtype)
+            traces[name] += x.pow(2).sum(dim=(1, 2), dtype=torch.float64)
             if name in omegas:
-                stats[name] += x.transpose(1, 2) @ (x @ omegas[name])
+                stats[name] += (x.transpose(1, 2) @ (x @ omegas[name])).to(torch.float64)
             else:
-                stats[name] += x.transpose(1, 2) @ x
+                stats[name] += (x.transpose(1, 2) @ x).to(torch.float64)
         return hook
 
     handles = [modules[name].register_forward_pre_hook(hook_for(name)) for name in layers]
@@ -189,10 +284,14 @@ def _accumulate(model: nn.Module, datasets: Iterable[Dataset], layers: dict[str,
     model.eval()  # BatchNorm statistics as at inference; no dropout
     count = 0
     try:
-        for data in datasets:  # under a multi-process launcher each rank passes its shard; sums are all-reduced
-            for x, _ in iterate_batches(dist.shard_dataset(data), batch_size, device=device):
+        for data, ids in sources:  # under a multi-process launcher each rank passes its shard; sums are all-reduced
+            data, ids = _shard(data, ids)
+            start = 0
+            for x, _ in iterate_batches(data, batch_size, device=device):
+                batch_ids[:] = [torch.from_numpy(ids[start:start + len(x)])]
                 call_model(model, x)  # the hooks collect the layer inputs
-                count += len(x)
+                start += len(x)
+            count += start
     finally:
         for h in handles:
             h.remove()
@@ -206,12 +305,22 @@ def _accumulate(model: nn.Module, datasets: Iterable[Dataset], layers: dict[str,
 
 # ---- projection bases ------------------------------------------------------------------------
 
-def _energy_rank(eigvals: torch.Tensor, total: torch.Tensor, energy: float) -> int:
-    if float(total) <= 0:
-        return 0
-    cum = torch.cumsum(eigvals, 0) / total
-    reached = torch.nonzero(cum >= energy - 1e-12)
-    return int(reached[0]) + 1 if len(reached) else int((eigvals > 0).sum())
+def kept_rank(eigvals: torch.Tensor, tau: float, sqrt_total: float | None = None) -> int:
+    """How many leading directions the projector keeps: PGU's (and GPM's) rule on singular values.
+
+    With singular values ``s = sqrt(eigvals)`` (descending), keep the directions whose cumulative
+    share ``cumsum(s) / sum(s)`` is at most ``tau``, plus one (the direction that crosses tau), as
+    the reference's class-forgetting script counts them (``unlearn_class.py``; its sample script
+    omits the +1); ``tau = 1`` keeps every direction (the layer is frozen). ``sqrt_total``
+    replaces ``sum(s)`` when ``eigvals`` are only the top of the spectrum (sketched layers).
+    """
+    s = eigvals.clamp_min(0).sqrt()
+    total = float(s.sum()) if sqrt_total is None else float(sqrt_total)
+    if total <= 0:
+        return 0 if tau < 1 else len(s)
+    if tau >= 1:
+        return len(s)
+    return min(int((torch.cumsum(s, 0) / total <= tau + 1e-12).sum()) + 1, len(s))
 
 
 def _nystrom(sketch: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,7 +341,9 @@ def _nystrom(sketch: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, t
 
 def projection_bases(cache: "PGUCache", grams: dict[str, torch.Tensor], traces: dict[str, torch.Tensor],
                      energy: float, device=None) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
-    """Per layer the basis U (groups, d, k_max) of the top eigenvectors up to ``energy`` (zero-padded)."""
+    """Per layer the basis U (groups, d, k_max) of the top eigenvectors kept by ``kept_rank`` (zero-padded).
+
+    ``energy`` is the threshold tau of ``kept_rank`` (on singular values)."""
     bases, ranks = {}, {}
     for name, spec in cache.layers.items():
         per_group = []
@@ -242,10 +353,15 @@ def projection_bases(cache: "PGUCache", grams: dict[str, torch.Tensor], traces: 
             if spec["lowrank"]:
                 lam, u = _nystrom(stat, _omega(name, spec["groups"], spec["dim"], spec["rank"], cache.seed,
                                                device)[g])
+                # the unseen tail: its eigenvalues sum to trace - sum(lam); sum of their square roots
+                # is at most sqrt(tail * tail_dims) (Cauchy-Schwarz), so the kept rank errs on keeping more
+                tail = float((total - lam.sum()).clamp_min(0))
+                sqrt_total = float(lam.sqrt().sum()) + (tail * max(spec["dim"] - len(lam), 0)) ** 0.5
+                k = min(kept_rank(lam, energy, sqrt_total), len(lam))
             else:
                 lam, u = torch.linalg.eigh(0.5 * (stat + stat.T))
                 lam, u = lam.flip(0).clamp_min(0), u.flip(1)
-            k = _energy_rank(lam, total, energy)
+                k = kept_rank(lam, energy)
             per_group.append(u[:, :k])
         kmax = max(b.shape[1] for b in per_group)
         basis = torch.zeros(spec["groups"], spec["dim"], kmax, dtype=torch.float64, device=device)
@@ -262,6 +378,21 @@ def project_(grad: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     g64 = grad.detach().reshape(groups, grad.shape[0] // groups, dim).to(torch.float64)
     grad.copy_((g64 - (g64 @ basis) @ basis.transpose(1, 2)).reshape(grad.shape))
     return grad
+
+
+# ---- the sample budget -----------------------------------------------------------------------
+
+def budget_ids(ids: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
+    """The (sorted) ids whose inputs the Grams hold: all, or ``max_samples`` chosen by a hash of id and seed.
+
+    A hash rather than a draw keeps the choice independent of the order and of the other ids,
+    so a cache prepared over any superset picks the same samples of a subset it shares.
+    """
+    ids = np.sort(np.asarray(ids, dtype=np.int64))
+    if max_samples is None or len(ids) <= max_samples:
+        return ids
+    key = _mix32(_mix32(torch.from_numpy(ids % 2**32)) ^ _mix32(torch.tensor(seed % 2**32)))
+    return np.sort(ids[np.argsort(key.numpy(), kind="stable")[:max_samples]])
 
 
 # ---- the cache ------------------------------------------------------------------------------
@@ -285,20 +416,36 @@ class PGUCache:
     original_hash: str
     data_hash: str
     seed: int = 0
+    gram_ids: np.ndarray | None = None  # the sampled ids the Grams hold (None: all of ``ids``)
+    max_patches: int | None = None
+    precision: str = "float32"
     requests: list[dict] = field(default_factory=list)
     path: Path | None = None
+    last_forget_passes: int = 0  # samples passed (forward only) by the last forget_stats
+
+    def __post_init__(self):
+        if self.gram_ids is None:
+            self.gram_ids = self.ids
 
     # ---- building and files -----------------------------------------------------------------
     @classmethod
     def build(cls, model: nn.Module, datasets: Sequence[Dataset], ids: Sequence | None = None, *,
-              batch_size: int = 128, max_dense_features: int = 4096, rank: int = 256, seed: int = 0) -> "PGUCache":
-        """Accumulate the Grams of ``model``'s Linear/Conv2d inputs over ``datasets`` (one no-grad pass).
+              batch_size: int = 128, max_dense_features: int = 4096, rank: int = 256, seed: int = 0,
+              max_samples: int | None = DEFAULT_MAX_SAMPLES, max_patches: int | None = DEFAULT_MAX_PATCHES,
+              dtype: torch.dtype = torch.float32) -> "PGUCache":
+        """Accumulate the Grams of ``model``'s Linear/Conv2d inputs over a sample of ``datasets`` (one no-grad pass).
 
         ``ids``: one id per sample of all ``datasets`` in order (default: ``sample_ids`` of each).
+        The Grams use at most ``max_samples`` samples (chosen by a hash of their ids and
+        ``seed``) and at most ``max_patches`` patches (conv positions, or tokens) of each;
+        None: all. ``dtype``: precision of each batch's products (summed in float64).
         """
         datasets = [d for d in datasets if d is not None]
         if not datasets or sum(len(d) for d in datasets) == 0:
             raise UnlearnkitError("PGU prepare needs a non-empty training set.")
+        for what, value in (("max_samples", max_samples), ("max_patches", max_patches)):
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise UnlearnkitError(f"PGU {what} must be a positive integer or None (all); got {value!r}.")
         if ids is None:
             all_ids = np.concatenate([sample_ids(d) for d in datasets])
         else:
@@ -316,12 +463,22 @@ class PGUCache:
                             "rank": min(rank, dim) if lowrank else dim}
         if not layers:
             raise UnlearnkitError(f"{type(model).__name__} has no Linear or Conv2d layer for PGU to project.")
-        grams, traces, _ = _accumulate(model, datasets, layers, seed=seed, batch_size=batch_size)
+        chosen = budget_ids(all_ids, max_samples, seed)
+        sources, start = [], 0
+        for d in datasets:
+            d_ids = all_ids[start:start + len(d)]
+            start += len(d)
+            pick = np.flatnonzero(np.isin(d_ids, chosen))
+            if len(pick):
+                sources.append((d if len(pick) == len(d) else Subset(d, pick.tolist()), d_ids[pick]))
+        grams, traces, _ = _accumulate(model, sources, layers, seed=seed, batch_size=batch_size,
+                                       max_patches=max_patches, dtype=dtype)
         h = state_dict_hash(model)
         order = np.argsort(all_ids, kind="stable")
         return cls(layers=layers, grams=grams, traces=traces, ids=all_ids[order], labels=labels[order],
                    subtracted=np.zeros(0, dtype=np.int64), model_hash=h, original_hash=h,
-                   data_hash=stable_hash({"ids": all_ids[order], "labels": labels[order]}), seed=seed)
+                   data_hash=stable_hash({"ids": all_ids[order], "labels": labels[order]}), seed=seed,
+                   gram_ids=chosen, max_patches=max_patches, precision=str(dtype).replace("torch.", ""))
 
     def to_bytes(self) -> bytes:
         from safetensors.torch import save
@@ -331,9 +488,10 @@ class PGUCache:
         tensors["ids"] = torch.from_numpy(self.ids.copy())
         tensors["labels"] = torch.from_numpy(self.labels.copy())
         tensors["subtracted"] = torch.from_numpy(self.subtracted.copy())
+        tensors["gram_ids"] = torch.from_numpy(np.asarray(self.gram_ids, dtype=np.int64).copy())
         meta = {"format_version": FORMAT_VERSION, "layers": self.layers, "model_hash": self.model_hash,
                 "original_hash": self.original_hash, "data_hash": self.data_hash, "seed": self.seed,
-                "requests": self.requests}
+                "max_patches": self.max_patches, "precision": self.precision, "requests": self.requests}
         return save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -367,14 +525,15 @@ class PGUCache:
         layers = meta["layers"]
         ids, labels = tensors["ids"].numpy(), tensors["labels"].numpy()
         if stable_hash({"ids": ids, "labels": labels}) != meta["data_hash"] or any(
-                f"gram.{n}" not in tensors for n in layers):
+                f"gram.{n}" not in tensors for n in layers) or "gram_ids" not in tensors:
             raise UnlearnkitError(f"PGU cache {str(path)!r} is inconsistent (data fingerprint or layers do not "
                                   "match its header); run `unlearnkit prepare` again.")
         return cls(layers=layers, grams={n: tensors[f"gram.{n}"] for n in layers},
                    traces={n: tensors[f"trace.{n}"] for n in layers}, ids=tensors["ids"].numpy(),
                    labels=tensors["labels"].numpy(), subtracted=tensors["subtracted"].numpy(),
                    model_hash=meta["model_hash"], original_hash=meta["original_hash"], data_hash=meta["data_hash"],
-                   seed=int(meta["seed"]), requests=list(meta.get("requests", [])), path=path)
+                   seed=int(meta["seed"]), gram_ids=tensors["gram_ids"].numpy(), max_patches=meta["max_patches"],
+                   precision=meta["precision"], requests=list(meta.get("requests", [])), path=path)
 
     # ---- checks ------------------------------------------------------------------------------
     @property
@@ -431,9 +590,18 @@ class PGUCache:
         return not np.isin(remaining_labels, forget_labels).any()
 
     # ---- downdates ---------------------------------------------------------------------------
-    def forget_stats(self, model: nn.Module, forget: Dataset, *, batch_size: int = 128):
-        """The forget set's Grams (sketches) and traces under ``model``."""
-        grams, traces, _ = _accumulate(model, [forget], self.layers, seed=self.seed, batch_size=batch_size)
+    def forget_stats(self, model: nn.Module, forget: Dataset, ids: Sequence | None = None, *, batch_size: int = 128):
+        """The Grams (sketches) and traces of the forget samples the cache's Grams hold, under ``model``.
+
+        Only forget samples in the sampled ``gram_ids`` contributed, so only they are passed
+        (with the same patches); the others cost nothing.
+        """
+        ids = _as_ids(ids, forget)
+        pick = np.flatnonzero(np.isin(ids, self.gram_ids))
+        sources = [(Subset(forget, pick.tolist()), ids[pick])] if len(pick) else []
+        grams, traces, count = _accumulate(model, sources, self.layers, seed=self.seed, batch_size=batch_size,
+                                           max_patches=self.max_patches, dtype=_dtype(self.precision))
+        self.last_forget_passes = count
         return grams, traces
 
     def downdated(self, forget_grams: dict, forget_traces: dict) -> tuple[dict, dict]:
@@ -463,7 +631,7 @@ class PGUCache:
         """
         self.check_model(model)
         forget_ids = self.check_forget(forget, ids)
-        grams, traces = self.forget_stats(model, forget, batch_size=batch_size)
+        grams, traces = self.forget_stats(model, forget, forget_ids, batch_size=batch_size)
         after = state_dict_hash(model_after) if isinstance(model_after, nn.Module) else model_after
         self.commit(forget_ids, grams, traces, model_after=after, save=save)
         return self
@@ -471,12 +639,15 @@ class PGUCache:
 
 def prepare(model: nn.Module, train_data: Dataset, *, ids: Sequence | None = None, path: str | Path | None = None,
             batch_size: int = 128, max_dense_features: int = 4096, rank: int = 256, seed: int = 0,
+            max_samples: int | None = DEFAULT_MAX_SAMPLES, max_patches: int | None = DEFAULT_MAX_PATCHES,
             device: str | torch.device | None = None) -> PGUCache:
-    """PGU's one-time prepare step: per-layer input Grams of ``model`` over ``train_data``, optionally saved.
+    """PGU's one-time prepare step: per-layer input Grams of ``model`` over a sample of ``train_data``.
 
     ``ids`` are the samples' ids (default: their indices in the training set, read
-    through ``Subset``s). Layers wider than ``max_dense_features`` keep a rank-``rank``
-    randomized sketch instead of the dense ``d x d`` Gram. The model is not modified.
+    through ``Subset``s). The Grams hold at most ``max_samples`` samples and ``max_patches``
+    patches (or tokens) of each (None: all; see ``PGUCache.build``). Layers wider than
+    ``max_dense_features`` keep a rank-``rank`` randomized sketch instead of the dense
+    ``d x d`` Gram. The model is not modified; the cache is saved to ``path`` if given.
     """
     if device is not None:
         from ..utils import resolve_device
@@ -485,7 +656,7 @@ def prepare(model: nn.Module, train_data: Dataset, *, ids: Sequence | None = Non
 
         model = copy.deepcopy(model).to(resolve_device(device))
     cache = PGUCache.build(model, [train_data], ids, batch_size=batch_size, max_dense_features=max_dense_features,
-                           rank=rank, seed=seed)
+                           rank=rank, seed=seed, max_samples=max_samples, max_patches=max_patches)
     if path is not None:
         cache.save(path)
     return cache

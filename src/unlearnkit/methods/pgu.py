@@ -5,31 +5,35 @@ Minimizing Unlearning Interference with Gradient Projection", WACV 2024,
 arXiv 2312.04095. See ``unlearnkit.pgu`` for the Gram cache (prepare once,
 downdate per request) and ``docs/methods/pgu.md``.
 
-Per request: retain Gram = cached Gram - forget Gram; per Linear/Conv2d layer
-(and group) keep the top eigenvectors U up to the energy threshold ``energy``;
-then plain SGD on the forget loss with every weight gradient projected,
-``g <- g - g U U^T`` (conv weights as out x (in*kh*kw)); weight decay is added
-to g before projecting; no momentum (it would carry unprojected history).
-BatchNorm runs in eval mode; biases, BatchNorm/LayerNorm parameters, embeddings
-and every other non-matrix parameter are frozen.
+Per request: retain Gram = cached Gram - forget Gram (only the forget samples the cache's
+sampled Grams hold are passed); per Linear/Conv2d layer (and group) keep the leading
+eigenvectors U by the reference's rule (cumulative share of the singular values, i.e. the
+square roots of the eigenvalues, <= ``energy``, plus one; ``unlearnkit.pgu.kept_rank``); then plain SGD
+on the forget loss with every weight gradient projected, ``g <- g - g U U^T`` (conv weights
+as out x (in*kh*kw)); weight decay is added to g before projecting; no momentum (it would
+carry unprojected history). BatchNorm runs in eval mode; biases, BatchNorm/LayerNorm
+parameters, embeddings and every other non-matrix parameter are frozen.
 
-Our choices:
-* Forget loss ``mean[-log(1 - p_y + eps)] - entropy_weight * mean entropy``: it
-  pushes the true-class probability down and stays bounded near p_y = 0, and the
-  entropy bonus keeps the outputs from collapsing onto one class.
-* LR decays exponentially from ``lr`` to ``lr_end`` over ``max_steps``.
-* Stopping, checked every ``check_every`` steps (default: one pass over D_f).
-  Class forgetting (``forgetting="auto"`` detects it when D_f holds every
-  remaining sample of its classes): stop when forget accuracy <= ``class_target``.
-  Sample forgetting: stop when forget accuracy <= ``sample_target``, or, when that
-  is None and a held-out ``check_data`` set is given, <= the original model's
-  accuracy on it. Both, at every check (also one that meets the target): when the
-  estimated retain accuracy dropped by more than ``max_retain_drop`` points, put back
-  the weights of the last check that passed and stop. PGU needs no retain data, so that estimate uses
-  ``check_samples`` retain samples only if a retain set is given, otherwise the
-  held-out ``check_data`` (``PGU(..., check_data=...)``) if given, otherwise it is
-  skipped. ``max_steps`` caps the run in every case.
-* Without ``cache``, the Gram is computed from retain + forget in ``prepare``
+Forget loss, as the reference: ``mean[-log(1 - p_y + eps)] - entropy_weight * mean entropy``
+(eps = the reference's offset 0.05, entropy weight 0.2); LR decays exponentially from ``lr``
+to ``lr_end`` over the step budget.
+
+Our choices (measured in docs/methods/pgu.md, "Choosing the request defaults"):
+* The layers fed the model's input itself (first conv, patch embedding) are not stepped
+  (``freeze_input_layers``): on raw pixel patches the forget data has no directions of its own.
+* Budget: at most ``max_epochs`` (5) passes over the forget set (and ``max_steps`` if set), in
+  batches of 8 (the reference: 100 of a 5,000-image class, i.e. 50 steps per pass).
+* Stopping, checked every ``check_every`` (5) steps and after the last step, on fixed
+  samples of ``check_samples`` (256) images: forget accuracy on a sample of D_f; retain
+  accuracy on a sample of the retain set if one is given, else of the held-out
+  ``check_data`` (``PGU(..., check_data=...)``), else no retain guard. Class forgetting
+  (``forgetting="auto"`` detects it when D_f holds every remaining sample of its classes)
+  stops when forget accuracy <= ``class_target``; sample forgetting when forget accuracy
+  <= ``sample_target``, or, when that is None and ``check_data`` is given, <= the original
+  model's accuracy on it. The retain guard is measured at every check, also the one that
+  meets the forget target: when the estimate dropped by more than ``max_retain_drop``
+  points, the weights roll back to the last check within it and the run stops.
+* Without ``cache``, the Gram is computed from a sample of retain + forget in ``prepare``
   (timed as ``prepare_seconds``); with it, ``prepare_seconds`` is only the load and
   the downdate, eigendecomposition and training count as the request. After a
   successful request the cache file is downdated and saved (``update_cache``).
@@ -64,22 +68,30 @@ class PGUConfig(MethodConfig):
     cache: str | None = field(None, "PGU Gram cache file from `unlearnkit prepare` / unlearnkit.pgu.prepare; "
                                     "None: compute it from retain + forget.")
     update_cache: bool = field(True, "After a successful request, subtract the forget set from the cache file.")
-    energy: float = field(0.95, "Energy threshold tau in (0, 1]: keep top eigenvectors up to this fraction.")
-    lr: float = field(0.05, "Initial learning rate (plain SGD).")
-    lr_end: float = field(0.01, "Final learning rate (exponential decay over max_steps).")
-    batch_size: int = field(64, "Forget-set batch size.")
-    max_steps: int = field(300, "Step cap.")
+    energy: float = field(0.95, "Threshold tau in (0, 1]: keep the leading directions whose cumulative share of "
+                                "the singular values (square roots of the Gram's eigenvalues) is <= tau.")
+    freeze_input_layers: bool = field(True, "Leave the layers fed the model's input itself (first conv, patch "
+                                            "embedding) unchanged (ours; the reference projects them too).")
+    lr: float = field(0.5, "Initial learning rate (plain SGD; the reference: 0.05 over up to 100 passes).")
+    lr_end: float = field(0.1, "Final learning rate (exponential decay over the step budget; the reference: 0.01).")
+    batch_size: int = field(8, "Forget-set batch size (small: a 5-pass budget on a small forget set needs steps).")
+    max_epochs: int = field(5, "At most this many passes over the forget set.")
+    max_steps: int | None = field(None, "Optional step cap below max_epochs' (None: none).")
     weight_decay: float = field(0.0, "Weight decay, added to the gradient before projection.")
     entropy_weight: float = field(0.2, "Weight of the prediction-entropy bonus in the forget loss.")
-    eps: float = field(1e-3, "Margin eps in -log(1 - p_y + eps).")
+    eps: float = field(0.05, "Margin eps in -log(1 - p_y + eps) (the reference's offset).")
     forgetting: Literal["auto", "class", "sample"] = field("auto", "Stopping rule: class or sample forgetting.")
     class_target: float = field(1.0, "Class forgetting stops when forget accuracy (%) <= this.")
     sample_target: float | None = field(None, "Sample forgetting stops when forget accuracy (%) <= this "
                                               "(None: original accuracy on check_data if given).")
-    max_retain_drop: float = field(5.0, "Stop when estimated retain accuracy dropped by more than this (points).")
-    check_every: int | None = field(None, "Steps between stopping checks (None: one pass over the forget set).")
-    check_samples: int = field(1024, "Retain samples used to estimate retain accuracy (when a retain set is given).")
+    max_retain_drop: float = field(5.0, "Retain guard: when estimated retain accuracy dropped by more than this "
+                                        "(points), roll back to the last check within it and stop.")
+    check_every: int = field(5, "Steps between stopping checks.")
+    check_samples: int = field(256, "Fixed forget and retain (or check_data) samples the stopping checks use.")
     gram_batch_size: int = field(128, "Batch size of the no-grad Gram passes.")
+    gram_samples: int | None = field(gram.DEFAULT_MAX_SAMPLES, "Without cache: samples the Grams hold (None: all).")
+    gram_patches: int | None = field(gram.DEFAULT_MAX_PATCHES, "Without cache: patches (or tokens) per sample "
+                                                               "(None: all).")
     max_dense_features: int = field(4096, "Layers with more input features get a randomized low-rank sketch.")
     lowrank_rank: int = field(256, "Sketch rank of the low-rank layers.")
 
@@ -87,10 +99,12 @@ class PGUConfig(MethodConfig):
         "cache": [InstanceOf((str, os.PathLike), "a path"), None],
         "update_cache": [bool],
         "energy": [Interval(float, 0, 1, closed="right")],
+        "freeze_input_layers": [bool],
         "lr": [Interval(float, 0, None, closed="neither")],
         "lr_end": [Interval(float, 0, None, closed="neither")],
         "batch_size": [Interval(int, 1, None)],
-        "max_steps": [Interval(int, 1, None)],
+        "max_epochs": [Interval(int, 1, None)],
+        "max_steps": [Interval(int, 1, None), None],
         "weight_decay": [Interval(float, 0, None, closed="left")],
         "entropy_weight": [Interval(float, 0, None, closed="left")],
         "eps": [Interval(float, 0, 1, closed="right")],
@@ -98,9 +112,11 @@ class PGUConfig(MethodConfig):
         "class_target": [Interval(float, 0, 100)],
         "sample_target": [Interval(float, 0, 100), None],
         "max_retain_drop": [Interval(float, 0, 100)],
-        "check_every": [Interval(int, 1, None), None],
+        "check_every": [Interval(int, 1, None)],
         "check_samples": [Interval(int, 1, None)],
         "gram_batch_size": [Interval(int, 1, None)],
+        "gram_samples": [Interval(int, 1, None), None],
+        "gram_patches": [Interval(int, 1, None), None],
         "max_dense_features": [Interval(int, 1, None)],
         "lowrank_rank": [Interval(int, 1, None)],
     }
@@ -124,9 +140,10 @@ class PGU(Method):
         super().__init__(model, config, **kwargs)
         self.check_data = check_data
         self.cache: gram.PGUCache | None = None
+        self._frozen: set[str] = set()  # input layers left unchanged (found in prepare)
 
     def _trainable_parameters(self, model):
-        return sum(m.weight.numel() for m in gram.target_layers(model).values())
+        return sum(m.weight.numel() for n, m in gram.target_layers(model).items() if n not in self._frozen)
 
     # ---- prepare: load (and check) or build the Gram cache ------------------------------------
     def _prepare(self, model, retain, forget):
@@ -148,30 +165,42 @@ class PGU(Method):
                 self.cache = gram.PGUCache.build(model, [retain, forget], np.concatenate([r_ids, f_ids]),
                                                  batch_size=c.gram_batch_size,
                                                  max_dense_features=c.max_dense_features, rank=c.lowrank_rank,
-                                                 seed=self.seed)
+                                                 seed=self.seed, max_samples=c.gram_samples,
+                                                 max_patches=c.gram_patches)
             self.info.update(gram="computed from retain + forget", gram_seconds=t["seconds"])
             self._forget_ids = self.cache.check_forget(forget, f_ids)
+        self._frozen = self._frozen_input_layers(model, forget) if c.freeze_input_layers else set()
+        self.info["frozen_layers"] = sorted(self._frozen)
         self.info["gram_mb"] = self.cache.memory_bytes / 2**20
-        # retain-accuracy estimate: a retain subsample, else the held-out check set, else none
+        self.info["gram_samples"] = int(len(self.cache.gram_ids))
+        # fixed, small check sets: forget accuracy on a forget sample; retain accuracy on a retain
+        # sample, else on the held-out check_data, else no retain guard
+        self._forget_check = self._fixed_sample(forget, 1)
         self._check_set, self._check_kind = None, "none"
         if retain is not None and len(retain):
-            n = min(c.check_samples, len(retain))
-            pick = torch.randperm(len(retain), generator=torch.Generator().manual_seed(self.seed))[:n]
-            self._check_set, self._check_kind = Subset(retain, pick.tolist()), "retain"
+            self._check_set, self._check_kind = self._fixed_sample(retain, 2), "retain"
         elif self.check_data is not None and len(self.check_data):
-            self._check_set, self._check_kind = self.check_data, "check_data"
+            self._check_set, self._check_kind = self._fixed_sample(self.check_data, 3), "check_data"
         self._check_ref = accuracy(model, self._check_set) if self._check_set is not None else float("nan")
         self._heldout_ref = accuracy(model, self.check_data) if self.check_data is not None else None
+
+    def _fixed_sample(self, data: Dataset, salt: int) -> Dataset:
+        """At most ``check_samples`` samples of ``data``, the same for every check of this run."""
+        if len(data) <= self.config.check_samples:
+            return data
+        gen = torch.Generator().manual_seed(self.seed * 7919 + salt)
+        return Subset(data, torch.randperm(len(data), generator=gen)[:self.config.check_samples].sort()[0].tolist())
 
     # ---- unlearn --------------------------------------------------------------------------------
     def _unlearn(self, model, retain, forget):
         c, cache = self.config, self.cache
         model.eval()
         with timer() as t:
-            f_grams, f_traces = cache.forget_stats(model, forget, batch_size=c.gram_batch_size)
+            f_grams, f_traces = cache.forget_stats(model, forget, self._forget_ids, batch_size=c.gram_batch_size)
             r_grams, r_traces = cache.downdated(f_grams, f_traces)
             bases, ranks = gram.projection_bases(cache, r_grams, r_traces, c.energy, device=self.device)
         self.info["projector_seconds"] = t["seconds"]
+        self.info["forget_gram_samples"] = cache.last_forget_passes
         self.info["kept_dims"] = {n: {"kept": r, "dim": cache.layers[n]["dim"]} for n, r in ranks.items()}
 
         kind = c.forgetting
@@ -194,42 +223,50 @@ class PGU(Method):
             self.info["cache_updated"] = c.cache is not None
         return model
 
+    def _frozen_input_layers(self, model: nn.Module, forget: Dataset) -> set[str]:
+        x, _ = next(iter(iterate_batches(forget, 1, device=self.device)))
+        return gram.input_layers(model, x)
+
     def _train(self, model: nn.Module, forget: Dataset, bases: dict[str, torch.Tensor], target: float | None):
         c = self.config
         layers = gram.target_layers(model)
-        weights = {n: m.weight for n, m in layers.items()}
+        weights = {n: m.weight for n, m in layers.items() if n not in self._frozen}
         for p in model.parameters():
             p.requires_grad_(False)
         for w in weights.values():
             w.requires_grad_(True)
         model.eval()
-        check_every = c.check_every or max(1, math.ceil(len(forget) / c.batch_size))
-        decay = math.log(c.lr_end / c.lr) / max(c.max_steps - 1, 1)
+        steps_per_pass = max(1, math.ceil(len(forget) / c.batch_size))
+        budget = c.max_epochs * steps_per_pass if c.max_steps is None else min(c.max_steps,
+                                                                                c.max_epochs * steps_per_pass)
+        decay = math.log(c.lr_end / c.lr) / max(budget - 1, 1)
+        history: list[float] = []
+        self.info.update(forget_acc_history=history, check_forward_samples=0)
+        good = {"step": 0, "weights": {n: w.detach().clone() for n, w in weights.items()}}
 
-        good: dict = {}  # the weights (and figures) of the last check the retain guard passed
-
-        def check() -> str | None:
-            acc = accuracy(model, forget)
-            self.info["forget_acc_history"].append(round(acc, 3))
-            if self._check_set is not None:  # the guard runs at every check, also one that meets the target
+        def check(step: int) -> str | None:
+            """Forget target and retain guard, both measured at every check on their fixed samples."""
+            acc = accuracy(model, self._forget_check)
+            history.append(round(acc, 3))
+            self.info["check_forward_samples"] += len(self._forget_check)
+            if self._check_set is not None:
                 now = accuracy(model, self._check_set)
+                self.info["check_forward_samples"] += len(self._check_set)
                 if self._check_ref - now > c.max_retain_drop:
                     with torch.no_grad():
-                        for name, w in weights.items():
-                            w.copy_(good["weights"][name])
-                    self.info["check_acc_after"] = good["check_acc"]
-                    return (f"{self._check_kind} accuracy dropped {self._check_ref - now:.2f} points; "
+                        for n, w in weights.items():
+                            w.copy_(good["weights"][n])
+                    self.info["check_acc_after"] = good["acc"] if "acc" in good else self._check_ref
+                    return (f"{self._check_kind} accuracy dropped {self._check_ref - now:.2f} points at step {step}; "
                             f"rolled back to step {good['step']}")
                 self.info["check_acc_after"] = now
-                good.update(weights={n: w.detach().clone() for n, w in weights.items()}, check_acc=now, step=step)
+                good.update(step=step, acc=now, weights={n: w.detach().clone() for n, w in weights.items()})
             if target is not None and acc <= target:
                 return f"forget accuracy {acc:.2f}% <= target {target:.2f}%"
             return None
 
-        self.info["forget_acc_history"] = []
-        step = 0
-        reason = check()
-        while reason is None and step < c.max_steps:
+        reason, step = check(0), 0
+        while reason is None and step < budget:
             for x, y in iterate_batches(forget, c.batch_size, shuffle=True, generator=self.generator,
                                         device=self.device):
                 lr = c.lr * math.exp(decay * step)
@@ -251,9 +288,10 @@ class PGU(Method):
                 step += 1
                 self.counter.steps += 1
                 self.counter.sample_passes += len(x)
-                if step % check_every == 0 or step == c.max_steps:
-                    reason = check()
-                if reason is not None or step >= c.max_steps:
+                if step % c.check_every == 0 or step == budget:
+                    reason = check(step)
+                if reason is not None or step >= budget:
                     break
-        self.info.update(stop_reason=reason or f"step cap ({c.max_steps})", pgu_steps=step)
+        self.info.update(stop_reason=reason or f"step budget ({budget} steps, {c.max_epochs} passes)",
+                         pgu_steps=step, forget_passes=self.counter.sample_passes / max(len(forget), 1))
         return model
