@@ -47,7 +47,7 @@ PLANS: dict[str, PlanFn] = {
     "random_label": _random_label, "salun": _salun, "scrub": _scrub,
     "lora": _lora, "prune_lora": _lora,
     "rfa_lora": lambda c, n_r, n_f: ("epochs", 2 * n_r, 0),  # each retain batch is joined by a forget batch
-    "pgu": lambda c, n_r, n_f: ("max_steps", c.batch_size, 0),  # a cap: its stopping rule may end it sooner
+    "pgu": lambda c, n_r, n_f: ("max_epochs", n_f, 0),  # a cap in forget passes: its stopping rule may end it sooner
 }
 NO_TRAINING = {"ssd": "no training: importance passes over D_f and D, then a weight dampening"}
 
