@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = load_bench_config("smoke")
-    config = config.variant_configs()[args.variant] if hasattr(config, "variant_configs") else config
+    config = config.variant_configs().get(args.variant, config)
     runner = BenchRunner(config, "/tmp/smoke-probe", cache_dir=args.cache, device="cpu")
     original, meta, key = runner.original(0)
     data = forget_data(runner.splits, args.scenario, 0)
