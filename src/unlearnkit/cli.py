@@ -146,6 +146,8 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, help="Weight decay."),
     schedule: Optional[str] = typer.Option(None, help="constant, cosine or step."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random crop + flip."),
+    augment_epochs: Optional[int] = typer.Option(None, "--augment-epochs", help="With --augment: only the first N "
+                                                 "epochs augment, the rest train on the plain images."),
     subset: Optional[int] = typer.Option(None, help="cifar10 and mnist: a class-balanced subset of N training images."),
     model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable), e.g. "
                                         "width=32, pretrained=true, resize=224, weights=FILE."),
@@ -159,7 +161,7 @@ def train(
     _setup(quiet)
     target = check_output_dir(out, "train", overwrite=overwrite)
     values = dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay,
-                  schedule=schedule, augment=augment)
+                  schedule=schedule, augment=augment, augment_epochs=augment_epochs)
     recipe = Recipe.preset(recipe_name, **{k: v for k, v in values.items() if v is not None})
     dataset_args = {"subset": subset} if subset is not None else {}  # 0 is refused by the loader, not ignored
     net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,

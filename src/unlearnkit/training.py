@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from . import distributed as _distributed
 from .config import Config, Interval, Options, field
 from .data.loading import iterate_batches, num_batches
-from .errors import DivergenceError, UnlearnkitError
+from .errors import DivergenceError, InvalidConfigError, UnlearnkitError
 from .components.weight_masks import ParamMask
 from .models.outputs import forward
 from .performance import host_sync_every
@@ -81,8 +81,11 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
         epochs: int, batch_size: int, generator: torch.Generator, schedule: str = "constant",
         augment: bool = False, mask: ParamMask | None = None, counter: Counter | None = None,
         description: str = "train", drop_last: bool = False, max_steps: int | None = None,
-        train_mode: bool = True) -> Counter:
+        train_mode: bool = True, augment_epochs: int | None = None) -> Counter:
     """Train ``model`` in place for ``epochs`` over ``dataset``.
+
+    With ``augment``, only the first ``augment_epochs`` epochs augment (None = all of them);
+    the LR schedule spans all epochs either way.
 
     With a ``unlearnkit.distributed`` context (several processes and/or mixed
     precision), ``batch_size`` is the global batch: each rank trains on its shard and
@@ -103,9 +106,10 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
     sync_every = host_sync_every(device)
     nonfinite = None  # accelerators: a device-side flag checked every `sync_every` steps
     with progress_bar(total, description) as bar:
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            augment_now = augment and (augment_epochs is None or epoch < augment_epochs)
             for x, y in iterate_batches(dataset, batch_size, shuffle=True, generator=generator,
-                                        augment=augment, device=device, drop_last=drop_last):
+                                        augment=augment_now, device=device, drop_last=drop_last):
                 if ctx is None:
                     loss = step_fn(model, x, y)
                     if sync_every == 1:
@@ -157,6 +161,9 @@ class Recipe(Config):
     batch_size: int = field(128, "Batch size.")
     schedule: Literal["constant", "cosine", "step"] = field("cosine", "Per-step LR schedule.")
     augment: bool = field(False, "Random crop (pad 4) and horizontal flip, for 32x32 images.")
+    augment_epochs: int | None = field(None, "With augment: only the first this many epochs augment, the rest "
+                                             "train on the plain images (lets the model fit its data at the low end "
+                                             "of the schedule); None = every epoch.")
     label_smoothing: float = field(0.0, "Label smoothing of the cross-entropy.")
     seed: int = field(0, "Seed of initialisation-independent randomness (batch order, augmentation).")
 
@@ -169,9 +176,13 @@ class Recipe(Config):
         "batch_size": [Interval(int, 1, None)],
         "schedule": [Options("constant", "cosine", "step")],
         "augment": [bool],
+        "augment_epochs": [Interval(int, 0, None), None],
         "label_smoothing": [Interval(float, 0, 1, closed="left")],
         "seed": [Interval(int, 0, None)],
     }
+
+    def _check_consistency(self) -> None:
+        check_augment_epochs(type(self).__name__, self.augment, self.augment_epochs, self.epochs)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "Recipe":
@@ -181,6 +192,18 @@ class Recipe(Config):
         if name not in RECIPE_PRESETS:
             raise unknown_name_error("recipe", name, RECIPE_PRESETS)
         return cls(**{**RECIPE_PRESETS[name], **overrides})
+
+
+def check_augment_epochs(owner: str, augment: bool, augment_epochs: int | None, epochs: int) -> None:
+    """``augment_epochs`` only means something with ``augment`` on, and counts epochs of this run."""
+    if augment_epochs is None:
+        return
+    if not augment:
+        raise InvalidConfigError(f"The 'augment_epochs' parameter of {owner} needs augment=True; got augment=False "
+                                 f"with augment_epochs={augment_epochs} (drop augment_epochs, or turn augment on).")
+    if augment_epochs > epochs:
+        raise InvalidConfigError(f"The 'augment_epochs' parameter of {owner} must be at most epochs ({epochs}); "
+                                 f"got {augment_epochs}.")
 
 
 # Named starting points for ``Recipe.preset`` and ``unlearnkit train --recipe``.
@@ -207,7 +230,8 @@ def train(model: nn.Module, dataset: Dataset, recipe: Recipe | None = None, *,
         return F.cross_entropy(forward(m, x), y, label_smoothing=smoothing)
 
     fit(model, dataset, step, optimizer, epochs=recipe.epochs, batch_size=recipe.batch_size, generator=generator,
-        schedule=recipe.schedule, augment=recipe.augment, counter=counter, description=description)
+        schedule=recipe.schedule, augment=recipe.augment, augment_epochs=recipe.augment_epochs, counter=counter,
+        description=description)
     model.eval()
     return model
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 from ..config import Interval, Options, field
 from ..errors import UnlearnkitError
 from ..models import fresh_copy
-from ..training import Recipe, train
+from ..training import Recipe, check_augment_epochs, train
 from .base import Method, MethodConfig, register_method
 
 _RECIPE = Recipe()
@@ -39,9 +39,14 @@ class RetrainConfig(MethodConfig):
     batch_size: int = field(_RECIPE.batch_size, "Batch size.")
     schedule: Literal["constant", "cosine", "step"] = field(_RECIPE.schedule, "Per-step LR schedule.")
     augment: bool = field(_RECIPE.augment, "Random crop + flip augmentation.")
+    augment_epochs: int | None = field(_RECIPE.augment_epochs, "With augment: only the first this many epochs "
+                                                               "augment; None = every epoch.")
     label_smoothing: float = field(_RECIPE.label_smoothing, "Label smoothing.")
 
     constraints = {k: v for k, v in Recipe.constraints.items() if k != "seed"}
+
+    def _check_consistency(self) -> None:
+        check_augment_epochs(type(self).__name__, self.augment, self.augment_epochs, self.epochs)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> "RetrainConfig":
