@@ -80,3 +80,16 @@ def test_cli_train_refuses_augment_epochs_without_augment(tmp_path, capsys):
                  str(tmp_path / "ck"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "needs augment=True" in err
+
+
+def test_cache_keys_leave_out_augment_epochs_at_its_default():
+    """Results cached before the field existed keep their keys; a set value is part of the key."""
+    from unlearnkit.bench.config import BenchConfig
+    from unlearnkit.methods.retrain import RetrainConfig
+
+    plain = BenchConfig(recipe={"epochs": 3, "augment": True})
+    assert "augment_epochs" not in plain.original_key(0)["recipe"]
+    assert "augment_epochs" in plain.recipe_for(0).to_dict()
+    partial = BenchConfig(recipe={"epochs": 3, "augment": True, "augment_epochs": 2})
+    assert partial.original_key(0)["recipe"]["augment_epochs"] == 2
+    assert "augment_epochs" not in RetrainConfig().key_dict()

@@ -151,6 +151,9 @@ class Config:
 
     constraints: ClassVar[dict[str, list]] = {}
     deprecated_names: ClassVar[dict[str, str]] = {}  # old field name -> current name
+    # fields added after caches were keyed on ``to_dict()``: left out of ``key_dict()`` at their default,
+    # so that results cached before the field existed keep their keys
+    added_fields: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -240,6 +243,12 @@ class Config:
             v = getattr(self, f.name)
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
+
+    def key_dict(self) -> dict[str, Any]:
+        """``to_dict()`` for cache keys: ``added_fields`` that are at their default are left out."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in self.to_dict().items()
+                if not (k in self.added_fields and v == defaults.get(k))}
 
     def replace(self, **changes):
         changes, used = self.rename_deprecated(changes)

@@ -188,7 +188,7 @@ class BenchConfig(Config):
     def original_key(self, seed: int) -> dict[str, Any]:
         """What determines an original model (its cache key is the hash of this)."""
         return {"dataset": self.dataset, "dataset_args": self.dataset_args, "model": self.model,
-                "model_kwargs": self.model_kwargs, "recipe": self.recipe_for(seed).to_dict(), "seed": seed}
+                "model_kwargs": self.model_kwargs, "recipe": self.recipe_for(seed).key_dict(), "seed": seed}
 
 
 def _normalise_methods(methods: Any) -> dict[str, dict]:

@@ -284,7 +284,7 @@ class BenchRunner:
         if config is None:
             raise UnlearnkitError("The 'retrain' method is not registered; the benchmark needs it as the oracle.")
         key = stable_hash({"original": original_key, "scenario": scenario, "seed": seed,
-                           "config": config.to_dict(), "version": package_version()})
+                           "config": config.key_dict(), "version": package_version()})
         path = self.cache / "oracles" / key
         if not self.overwrite and _is_checkpoint(path):
             model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
@@ -425,7 +425,7 @@ class BenchRunner:
 
         # the original, evaluated on this request (the "before" of the report)
         oracle_config = c.method_config("retrain", meta)
-        oracle_id = stable_hash({"original": okey, "config": oracle_config.to_dict() if oracle_config else None})
+        oracle_id = stable_hash({"original": okey, "config": oracle_config.key_dict() if oracle_config else None})
         path = result_path(self.out, scenario, ORIGINAL, seed)
         fp = self._fingerprint(method=ORIGINAL, scenario=scenario, seed=seed, original=weights, oracle=oracle_id)
         if self._cached(path, fp) is None:
@@ -452,7 +452,7 @@ class BenchRunner:
                 target = budget_target(c.budget, oracle_config, len(data.retain))
                 config, budget = apply_budget(method, config, overrides, target, len(data.retain), len(data.forget))
                 budget = budget.to_dict()
-            config_dict = config.to_dict() if config is not None else overrides
+            config_dict = config.key_dict() if config is not None else overrides
             options: dict[str, Any] = {}
             if config is not None and self.heldout is not None and "check_data" in method_options(method):
                 options["check_data"] = self.heldout

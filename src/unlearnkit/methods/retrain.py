@@ -31,6 +31,8 @@ _RECIPE = Recipe()
 class RetrainConfig(MethodConfig):
     """The training recipe of the original model (see ``unlearnkit.training.Recipe``)."""
 
+    added_fields = ("augment_epochs",)
+
     optimizer: Literal["sgd", "adam", "adamw"] = field(_RECIPE.optimizer, "Optimizer.")
     lr: float = field(_RECIPE.lr, "Peak learning rate.")
     momentum: float = field(_RECIPE.momentum, "SGD momentum.")
