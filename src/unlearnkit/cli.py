@@ -323,7 +323,7 @@ def demo(
 
 @app.command()
 def bench(
-    config: str = typer.Option(..., "--config", "-c", help="A config file, or a shipped one: smoke, cifar10-cpu, cifar10-full."),
+    config: str = typer.Option(..., "--config", "-c", help="A config file, or a shipped one: smoke, cifar10-memorise, cifar10-cpu, cifar10-full, cifar10-gpu, unlearn-sparse-gpu."),
     out: Path = typer.Option(..., "--out", "-o", help="Results directory (reused: cached runs are skipped)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute everything, originals and oracles included."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where originals and oracles are cached; default OUT/cache."),
