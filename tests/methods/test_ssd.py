@@ -188,3 +188,29 @@ def test_sample_forgetting_uses_the_reference_batch_size(trained_cnn, random10):
     assert set(dataset_labels(forget).tolist()) & set(dataset_labels(retain).tolist())
     result = create_method("ssd", trained_cnn, importance="reference_batches").fit(retain, forget)
     assert result.info["batch_size"] == 128 and not result.info["class_forgetting"]
+
+
+class _TinyEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.layer(x).mean(1))
+
+
+def test_default_alpha_is_the_references_ten_for_cnns_and_five_for_attention_models(trained_cnn, small_class3):
+    from unlearnkit.methods.ssd import reference_alpha
+    from unlearnkit.models import create_model
+
+    assert reference_alpha(trained_cnn) == 10.0
+    vit = create_model("vit_tiny", num_classes=10, in_channels=1, image_size=8, patch_size=2, dim=16, depth=1, heads=2)
+    assert reference_alpha(vit) == 5.0  # our zoo's ViT (an ``Attention`` module)
+    assert reference_alpha(_TinyEncoder()) == 5.0  # torch's nn.MultiheadAttention
+    assert SSDConfig().alpha is None
+    retain, forget = small_class3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = create_method("ssd", trained_cnn).fit(retain, forget).info
+    assert info["alpha"] == 10.0

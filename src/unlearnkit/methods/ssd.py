@@ -22,8 +22,11 @@ Two importance estimates (``importance``):
   mean gradients).
 
 Both passes run in eval mode, as in the reference (BatchNorm uses and keeps its
-running statistics). Every trainable parameter is eligible. Defaults alpha = 10,
-lambda = 1 are the paper's; ``batch_size`` None is the reference scripts' (64 for
+running statistics). Every trainable parameter is eligible. Defaults are the
+reference's: lambda = 1, and alpha = 10 scaled by its ``model_size_scaler`` (0.5 for
+ViTs in its forgetting scripts, so 5): ``alpha=None`` takes 5 for a model with an
+attention module (``nn.MultiheadAttention`` or a class named ``*Attention``, as in
+timm, transformers and our zoo) and 10 otherwise; ``batch_size`` None is the reference scripts' (64 for
 class forgetting, 128 for sample forgetting). docs/methods/baselines.md has the
 measurements behind the default. Work is one forward+backward pass over D and
 one over the forget set, counted in ``sample_passes``.
@@ -214,11 +217,24 @@ def dampen(model: nn.Module, importance_data: dict[str, torch.Tensor], importanc
     return selected
 
 
+REFERENCE_ALPHA = {"cnn": 10.0, "attention": 5.0}  # 10 x the reference's model_size_scaler (0.5 for its ViT)
+
+
+def has_attention(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("Attention") for m in model.modules())
+
+
+def reference_alpha(model: nn.Module) -> float:
+    """The reference's selection weighting for this kind of model (its scripts halve alpha for ViTs)."""
+    return REFERENCE_ALPHA["attention" if has_attention(model) else "cnn"]
+
+
 @dataclass(kw_only=True)
 class SSDConfig(MethodConfig):
     """Training-free dampening of the parameters specialised to the forget set."""
 
-    alpha: float = field(10.0, "Selection weighting: dampen entries with I_forget > alpha * I_data.")
+    alpha: float | None = field(None, "Selection weighting: dampen entries with I_forget > alpha * I_data; None: the "
+                                "reference's, 10 for CNNs and 5 (halved) for models with attention (ViTs).")
     dampening: float = field(1.0, "Dampening constant lambda: scale selected entries by min(lambda * I_data / I_forget, 1).")
     importance: Literal["per_sample", "reference_batches"] = field(
         "per_sample", "Importance estimate: mean squared per-sample gradients (order-free), or the reference "
@@ -227,7 +243,7 @@ class SSDConfig(MethodConfig):
                                    "None: the reference's, 64 for class and 128 for sample forgetting.")
 
     constraints = {
-        "alpha": [Interval(float, 0, None, closed="neither")],
+        "alpha": [Interval(float, 0, None, closed="neither"), None],
         "dampening": [Interval(float, 0, None, closed="neither")],
         "importance": [Options(*IMPORTANCES)],
         "batch_size": [Interval(int, 1, None), None],
@@ -241,11 +257,12 @@ class SSD(Method):
         c = self.config
         class_forgetting = is_class_forgetting(retain, forget)
         batch_size = c.batch_size or REFERENCE_BATCH_SIZE["class" if class_forgetting else "sample"]
+        alpha = c.alpha if c.alpha is not None else reference_alpha(model)
         selectable_below = (len(retain) + len(forget)) / len(forget)
-        self.info["alpha_bound"] = selectable_below
+        self.info.update(alpha_bound=selectable_below, alpha=alpha)
         if c.importance == "per_sample":
-            if c.alpha >= selectable_below:
-                warnings.warn(f"ssd: alpha={c.alpha:g} >= |D|/|D_f| = {selectable_below:.3g}. I_D is the sample mean "
+            if alpha >= selectable_below:
+                warnings.warn(f"ssd: alpha={alpha:g} >= |D|/|D_f| = {selectable_below:.3g}. I_D is the sample mean "
                               f"over D, so I_D >= (|D_f|/|D|) * I_f and no entry can have I_f > alpha * I_D: "
                               f"nothing will be dampened. Use alpha < {selectable_below:.3g}.", stacklevel=2)
             imp_d = per_sample_fisher(model, concat_datasets(retain, forget), batch_size, self.counter)
@@ -255,7 +272,7 @@ class SSD(Method):
             imp_d = batch_fisher(model, data, batch_size, self.counter)
             imp_f = batch_fisher(model, forget, batch_size, self.counter)
         self.importances = {"data": imp_d, "forget": imp_f}
-        selected = dampen(model, imp_d, imp_f, c.alpha, c.dampening)
+        selected = dampen(model, imp_d, imp_f, alpha, c.dampening)
         total = sum(v.numel() for v in imp_d.values())
         self.info.update(dampened_entries=selected, dampened_fraction=selected / max(total, 1),
                          importance=c.importance, batch_size=batch_size, class_forgetting=class_forgetting)
