@@ -176,7 +176,7 @@ def test_random_labels_are_wrong_seeded_and_fast(class3):
 @pytest.mark.parametrize("name,field,value,message", [
     ("salun", "mask_ratio", 0.0,
      "The 'mask_ratio' parameter of SalUnConfig must be a float in the range (0.0, 1.0]. Got 0.0 instead."),
-    ("ssd", "alpha", -1.0, "The 'alpha' parameter of SSDConfig must be a float in the range (0.0, inf). Got -1.0 instead."),
+    ("ssd", "alpha", -1.0, "The 'alpha' parameter of SSDConfig must be a float in the range (0.0, inf) or None. Got -1.0 instead."),
     ("ssd", "dampening", 0, "The 'dampening' parameter of SSDConfig must be a float in the range (0.0, inf)."),
     ("l1_sparse", "alpha", -1e-4, "The 'alpha' parameter of L1SparseConfig must be a float in the range [0.0, inf)."),
     ("scrub", "temperature", 0.0, "The 'temperature' parameter of SCRUBConfig must be a float in the range (0.0, inf)."),
