@@ -229,13 +229,17 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
         values, used = cls.rename_deprecated(values)
+        cls._reject_unknown(values)
+        return cls._build(values, used, lambda v: cls(**v))
+
+    @classmethod
+    def _reject_unknown(cls, values: dict[str, Any]) -> None:
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise InvalidConfigError(
                 f"Unknown parameter(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
                 f"allowed: {', '.join(cls.field_names())}."
             )
-        return cls._build(values, used, lambda v: cls(**v))
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -252,12 +256,7 @@ class Config:
 
     def replace(self, **changes):
         changes, used = self.rename_deprecated(changes)
-        unknown = sorted(set(changes) - set(self.field_names()))
-        if unknown:
-            raise InvalidConfigError(
-                f"Unknown parameter(s) {', '.join(map(repr, unknown))} for {type(self).__name__}; "
-                f"allowed: {', '.join(self.field_names())}."
-            )
+        self._reject_unknown(changes)
         return self._build(changes, used, lambda v: dataclasses.replace(self, **v))
 
     @classmethod

@@ -287,6 +287,15 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, floa
     return front
 
 
+def _label_axes(ax, title: str, xlabel: str, ylabel: str, *, log_x: bool = False) -> None:
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
 def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
     """name -> PNG bytes."""
     import matplotlib
@@ -311,11 +320,7 @@ def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
             ax.errorbar(x, y, xerr=agg["rte_seconds"].get("std", 0), yerr=agg["avg_gap"].get("std", 0), fmt="o",
                         color=color[meth], capsize=2)
             ax.annotate(meth, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlabel("run time RTE (s, log)")
-        ax.set_ylabel("Avg.Gap to retrain (lower is better)")
-        ax.set_title(scen)
-        ax.grid(alpha=0.3)
+        _label_axes(ax, scen, "run time RTE (s, log)", "Avg.Gap to retrain (lower is better)", log_x=True)
     fig.suptitle("Efficiency frontier: Avg.Gap vs run time")
     plots["avg_gap_vs_time"] = _png(fig)
 
@@ -328,11 +333,8 @@ def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
         front = pareto_front(points)
         if len(front) > 1:
             ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="0.5", lw=1, ls="--")
-        ax.set_xscale("log")
-        ax.set_xlabel("cost ÷ retrain (sample passes, log)")
-        ax.set_ylabel("Avg.Gap to retrain (lower is better)")
-        ax.set_title(scen)
-        ax.grid(alpha=0.3)
+        _label_axes(ax, scen, "cost ÷ retrain (sample passes, log)", "Avg.Gap to retrain (lower is better)",
+                    log_x=True)
     fig.suptitle("Pareto: Avg.Gap vs cost as a fraction of retrain (dashed: the non-dominated methods)")
     plots["pareto_cost"] = _png(fig)
 
@@ -346,10 +348,7 @@ def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
             ax.errorbar(x, y, xerr=agg["forget_acc"].get("std", 0), yerr=agg["ra"].get("std", 0),
                         fmt="s" if is_before_row(meth) or meth == "retrain" else "o", color=color[meth], capsize=2)
             ax.annotate(meth, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
-        ax.set_xlabel("forget-set accuracy (%)")
-        ax.set_ylabel("retain-set accuracy (%)")
-        ax.set_title(scen)
-        ax.grid(alpha=0.3)
+        _label_axes(ax, scen, "forget-set accuracy (%)", "retain-set accuracy (%)")
     fig.suptitle("Forget vs retain accuracy per method")
     plots["forget_vs_retain"] = _png(fig)
 
