@@ -175,6 +175,53 @@ def train(
 
 
 @app.command()
+def pretrain(
+    out: Path = typer.Option(..., "--out", "-o", help="Weights file to write (.safetensors; FILE.json beside it)."),
+    exclude_subset: int = typer.Option(..., "--exclude-subset", help="Train on the images NOT in this class-balanced "
+                                       "subset (the benchmark's dataset_args subset)."),
+    subset_seed: int = typer.Option(0, "--subset-seed", help="The subset's seed (the benchmark's subset_seed)."),
+    dataset: str = DatasetOpt,
+    model: str = typer.Option("resnet20", "--model", "-m", help="A registered model (see `unlearnkit models`)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (default 15)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 0.1)."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd (default), adam or adamw."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 128)."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay (default 5e-4)."),
+    schedule: Optional[str] = typer.Option(None, help="constant, cosine (default) or step."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random crop + flip (default on)."),
+    model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable)."),
+    data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
+    seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
+):
+    """Pretrain a backbone on the training images outside a benchmark's subset (a benchmark's `init`)."""
+    from .pretraining import PRETRAIN_RECIPE, is_pretrain_file, pretrain as run_pretrain, save_pretrained, sidecar_path
+    from .training import Recipe
+    from .workflow import check_output_file, parse_model_args
+
+    _setup(quiet)
+    if out.suffix != ".safetensors":
+        raise UnlearnkitError(f"--out {str(out)!r} must be a .safetensors file path.")
+    target = check_output_file(out, overwrite=overwrite, is_previous=is_pretrain_file)
+    side = sidecar_path(target)
+    if side.exists() and not (target.exists() and is_pretrain_file(target)):
+        raise UnlearnkitError(f"{str(side)!r} exists and was not written by `unlearnkit pretrain`; refusing to "
+                              "replace it: choose another --out.")
+    values = dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay,
+                  schedule=schedule, augment=augment)
+    recipe = Recipe(**{**PRETRAIN_RECIPE, **{k: v for k, v in values.items() if v is not None}})
+    net, provenance = run_pretrain(dataset, model, recipe, exclude_subset=exclude_subset, subset_seed=subset_seed,
+                                   seed=seed, device=device, data_root=data_root,
+                                   model_kwargs=parse_model_args(model_arg))
+    _on_interrupt(lambda: _writing(target))
+    record = save_pretrained(target, net, provenance)
+    _on_interrupt(lambda: f"the weights were written to {target}")
+    console.print(f"pretrained {model} on {provenance['num_images']} {dataset} images outside the "
+                  f"{exclude_subset}-image subset: test accuracy {provenance['test_accuracy']:.2f}% in "
+                  f"{provenance['train_seconds']:.0f} s -> {target} (sha256 {record['sha256'][:12]}) and {side.name}",
+                  markup=False)
+
+
+@app.command()
 def forget(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint directory of the original."),
     method: str = typer.Option("finetune", "--method", "-m", help="A registered method (see `unlearnkit methods`)."),
