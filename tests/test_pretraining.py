@@ -131,3 +131,25 @@ def test_init_record_names_the_command_and_refuses_overlapping_pretraining(tmp_p
         init_record({"weights": str(path)}, **{**DATA, "dataset_args": {"subset": 800}})
     with pytest.raises(UnlearnkitError, match="no field"):
         init_record({"weights": str(path), "head": "fc"}, **DATA)
+
+
+def test_cli_train_from_an_init_and_retrain_starts_there(tmp_path, monkeypatch):
+    import unlearnkit.methods.retrain as retrain_module
+    from unlearnkit.checkpoint import read_meta
+
+    path = tmp_path / "w.safetensors"
+    pretrained, _ = tiny_pretrained(path)
+    original = tmp_path / "original"
+    assert main(["train", "--dataset", "digits", "--model", "cnn", "--model-arg", "width=8", "--subset", "600",
+                 "--epochs", "1", "--init", str(path), "--out", str(original), "-q"]) == 0
+    assert read_meta(original)["init"]["head"] == "head"
+    starts = []
+    real = retrain_module.train
+    monkeypatch.setattr(retrain_module, "train",
+                        lambda model, *a, **k: (starts.append({n: t.clone() for n, t in model.state_dict().items()}),
+                                                real(model, *a, **k))[1])
+    assert main(["forget", "--checkpoint", str(original), "--method", "retrain", "--forget", "class:3",
+                 "--set", "epochs=1", "--out", str(tmp_path / "retrain"), "-q"]) == 0
+    for key, tensor in pretrained.state_dict().items():
+        assert torch.equal(starts[0][key], tensor) != key.startswith("head."), key
+    assert main(["train", "--dataset", "digits", "--keep-head", "--out", str(tmp_path / "x"), "-q"]) == 2

@@ -151,6 +151,9 @@ def train(
     subset: Optional[int] = typer.Option(None, help="cifar10 and mnist: a class-balanced subset of N training images."),
     model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable), e.g. "
                                         "width=32, pretrained=true, resize=224, weights=FILE."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from `unlearnkit pretrain` weights (FILE or "
+                                       "unlearnkit:NAME.safetensors), the head freshly drawn; retrain then starts there too."),
+    keep_head: bool = typer.Option(False, "--keep-head", help="With --init: load the pretrained head as well."),
     data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
@@ -164,8 +167,17 @@ def train(
                   schedule=schedule, augment=augment, augment_epochs=augment_epochs)
     recipe = Recipe.preset(recipe_name, **{k: v for k, v in values.items() if v is not None})
     dataset_args = {"subset": subset} if subset is not None else {}  # 0 is refused by the loader, not ignored
+    model_kwargs = parse_model_args(model_arg)
+    if keep_head and init is None:
+        raise UnlearnkitError("--keep-head needs --init FILE (the pretrained weights whose head to keep).")
+    start = None
+    if init is not None:
+        from .pretraining import init_record
+
+        start = init_record({"weights": init, "reset_head": not keep_head}, dataset=dataset,
+                            dataset_args=dataset_args, model=model, model_kwargs=model_kwargs)
     net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,
-                                       dataset_args=dataset_args, model_kwargs=parse_model_args(model_arg))
+                                       dataset_args=dataset_args, model_kwargs=model_kwargs, init=start)
 
     test_acc = accuracy(net, splits.test)
     _on_interrupt(lambda: _writing(out))

@@ -15,15 +15,15 @@ from unlearnkit.training import Recipe
 
 
 def write_pretrained(path, seed=0):
-    model, _ = pretrain("digits", "cnn", Recipe(epochs=1, lr=0.05, batch_size=64), exclude_subset=600, seed=seed,
-                        device="cpu", model_kwargs={"width": 8})
+    model, _ = pretrain("digits", "mlp", Recipe(epochs=1, lr=0.05, batch_size=64), exclude_subset=600, seed=seed,
+                        device="cpu", model_kwargs={"hidden": 16})
     save_pretrained(path, model, _)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def config(weights, **extra):
-    return {"name": "init", "dataset": "digits", "dataset_args": {"subset": 600}, "model": "cnn",
-            "model_kwargs": {"width": 8}, "init": {"weights": str(weights)},
+    return {"name": "init", "dataset": "digits", "dataset_args": {"subset": 600}, "model": "mlp",
+            "model_kwargs": {"hidden": 16}, "init": {"weights": str(weights)},
             "recipe": {"epochs": 1, "lr": 0.05, "batch_size": 64}, "scenarios": ["class:3"],
             "methods": {"retrain": {}}, "seeds": [0], "device": "cpu", **extra}
 
@@ -73,7 +73,7 @@ def test_a_missing_weights_file_is_one_line_naming_the_pretrain_command(tmp_path
     path.write_text(yaml.safe_dump(config(tmp_path / "absent.safetensors")))
     assert main(["bench", "--config", str(path), "--out", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err
-    assert "unlearnkit pretrain --dataset digits --model cnn --exclude-subset 600" in err
+    assert "unlearnkit pretrain --dataset digits --model mlp --exclude-subset 600" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
