@@ -210,10 +210,6 @@ def apply_init(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     return model
 
 
-def head_name(model: nn.Module, record: dict[str, Any]) -> str | None:
-    return find_head(model) if record.get("reset_head", True) else None
-
-
 # ---- pretraining -----------------------------------------------------------------------------------
 def pretrain(dataset: str, model_name: str, recipe, *, exclude_subset: int, subset_seed: int = 0, seed: int = 0,
              device: str = "auto", data_root: str | None = None, model_kwargs: dict | None = None):
