@@ -152,7 +152,8 @@ def train(
     model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable), e.g. "
                                         "width=32, pretrained=true, resize=224, weights=FILE."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from `unlearnkit pretrain` weights (FILE or "
-                                       "unlearnkit:NAME.safetensors), the head freshly drawn; retrain then starts there too."),
+                                       "unlearnkit:NAME.safetensors), the head freshly drawn; retrain then starts "
+                                       "there too."),
     keep_head: bool = typer.Option(False, "--keep-head", help="With --init: load the pretrained head as well."),
     data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
@@ -382,7 +383,7 @@ def demo(
 
 @app.command()
 def bench(
-    config: str = typer.Option(..., "--config", "-c", help="A config file, or a shipped one: smoke, cifar10-memorise, cifar10-cpu, cifar10-full, cifar10-gpu, unlearn-sparse-gpu."),
+    config: str = typer.Option(..., "--config", "-c", help="A config file, or a shipped one: smoke, cifar10-memorise, cifar10-pretrained, cifar10-cpu, cifar10-full, cifar10-gpu, unlearn-sparse-gpu."),
     out: Path = typer.Option(..., "--out", "-o", help="Results directory (reused: cached runs are skipped)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute everything, originals and oracles included."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where originals and oracles are cached; default OUT/cache."),

@@ -95,7 +95,8 @@ class BenchConfig(Config):
 
     constraints = {
         "name": [str], "dataset": [str], "dataset_args": [dict], "data_root": [str, None], "model": [str],
-        "model_kwargs": [dict], "init": [dict], "recipe": [dict], "scenarios": [list], "methods": [dict], "seeds": [list],
+        "model_kwargs": [dict], "init": [dict], "recipe": [dict], "scenarios": [list], "methods": [dict],
+        "seeds": [list],
         "device": [str], "eval_batch_size": [Interval(int, 1, None)], "test_subset": [Interval(int, 1, None), None],
         "heldout": [Interval(int, 1, None), None],
         "variants": [dict], "data_on_device": [bool], "channels_last": [bool], "budget": [dict],
