@@ -50,6 +50,7 @@ def test_original_and_oracle_start_from_the_pretrained_body_with_a_fresh_head(tm
                 assert not torch.equal(start[key], tensor), (name, key)  # a freshly drawn head
             else:
                 assert torch.equal(start[key], tensor), (name, key)  # the pretrained body
+    assert torch.equal(starts["oracle"]["head.weight"], starts["original"]["head.weight"])  # one draw per seed
     retrain = next(r for r in load_records(tmp_path / "out") if r["method"] == "retrain")
     assert retrain["oracle_start"]["from"] == "pretrained init" and retrain["oracle_start"]["head_reset"]
     assert retrain["original"]["init"]["head"] == "head"
