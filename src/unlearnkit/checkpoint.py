@@ -22,7 +22,7 @@ from .utils import environment_info, state_dict_hash, to_jsonable
 WEIGHTS = "model.safetensors"
 META = "checkpoint.json"
 # what a checkpoint derived from another (an unlearned or compacted model, a store version) carries over
-MODEL_META_KEYS = ("model", "model_args", "num_classes", "dataset", "recipe", "compacted", "forgotten")
+MODEL_META_KEYS = ("model", "model_args", "num_classes", "dataset", "recipe", "compacted", "forgotten", "init")
 FORMAT_VERSION = 1
 
 

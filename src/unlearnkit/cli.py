@@ -151,6 +151,10 @@ def train(
     subset: Optional[int] = typer.Option(None, help="cifar10 and mnist: a class-balanced subset of N training images."),
     model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable), e.g. "
                                         "width=32, pretrained=true, resize=224, weights=FILE."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from `unlearnkit pretrain` weights (FILE or "
+                                       "unlearnkit:NAME.safetensors), the head freshly drawn; retrain then starts "
+                                       "there too."),
+    keep_head: bool = typer.Option(False, "--keep-head", help="With --init: load the pretrained head as well."),
     data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
@@ -164,14 +168,70 @@ def train(
                   schedule=schedule, augment=augment, augment_epochs=augment_epochs)
     recipe = Recipe.preset(recipe_name, **{k: v for k, v in values.items() if v is not None})
     dataset_args = {"subset": subset} if subset is not None else {}  # 0 is refused by the loader, not ignored
+    model_kwargs = parse_model_args(model_arg)
+    if keep_head and init is None:
+        raise UnlearnkitError("--keep-head needs --init FILE (the pretrained weights whose head to keep).")
+    start = None
+    if init is not None:
+        from .pretraining import init_record
+
+        start = init_record({"weights": init, "reset_head": not keep_head}, dataset=dataset,
+                            dataset_args=dataset_args, model=model, model_kwargs=model_kwargs)
     net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,
-                                       dataset_args=dataset_args, model_kwargs=parse_model_args(model_arg))
+                                       dataset_args=dataset_args, model_kwargs=model_kwargs, init=start)
 
     test_acc = accuracy(net, splits.test)
     _on_interrupt(lambda: _writing(out))
     save_model(target, net, meta, {"seed": seed, "test_accuracy": test_acc}, overwrite=overwrite)
     _on_interrupt(lambda: f"the checkpoint was written to {out}")
     console.print(f"trained {model} on {dataset}: test accuracy {test_acc:.2f}% -> {out}", markup=False)
+
+
+@app.command()
+def pretrain(
+    out: Path = typer.Option(..., "--out", "-o", help="Weights file to write (.safetensors; FILE.json beside it)."),
+    exclude_subset: int = typer.Option(..., "--exclude-subset", help="Train on the images NOT in this class-balanced "
+                                       "subset (the benchmark's dataset_args subset)."),
+    subset_seed: int = typer.Option(0, "--subset-seed", help="The subset's seed (the benchmark's subset_seed)."),
+    dataset: str = DatasetOpt,
+    model: str = typer.Option("resnet20", "--model", "-m", help="A registered model (see `unlearnkit models`)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (default 15)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 0.1)."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd (default), adam or adamw."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default 128)."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay (default 5e-4)."),
+    schedule: Optional[str] = typer.Option(None, help="constant, cosine (default) or step."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random crop + flip (default on)."),
+    model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable)."),
+    data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
+    seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
+):
+    """Pretrain a backbone on the training images outside a benchmark's subset (a benchmark's `init`)."""
+    from .pretraining import PRETRAIN_RECIPE, is_pretrain_file, pretrain as run_pretrain, save_pretrained, sidecar_path
+    from .training import Recipe
+    from .workflow import check_output_file, parse_model_args
+
+    _setup(quiet)
+    if out.suffix != ".safetensors":
+        raise UnlearnkitError(f"--out {str(out)!r} must be a .safetensors file path.")
+    target = check_output_file(out, overwrite=overwrite, is_previous=is_pretrain_file)
+    side = sidecar_path(target)
+    if side.exists() and not (target.exists() and is_pretrain_file(target)):
+        raise UnlearnkitError(f"{str(side)!r} exists and was not written by `unlearnkit pretrain`; refusing to "
+                              "replace it: choose another --out.")
+    values = dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay,
+                  schedule=schedule, augment=augment)
+    recipe = Recipe(**{**PRETRAIN_RECIPE, **{k: v for k, v in values.items() if v is not None}})
+    net, provenance = run_pretrain(dataset, model, recipe, exclude_subset=exclude_subset, subset_seed=subset_seed,
+                                   seed=seed, device=device, data_root=data_root,
+                                   model_kwargs=parse_model_args(model_arg))
+    _on_interrupt(lambda: _writing(target))
+    record = save_pretrained(target, net, provenance)
+    _on_interrupt(lambda: f"the weights were written to {target}")
+    console.print(f"pretrained {model} on {provenance['num_images']} {dataset} images outside the "
+                  f"{exclude_subset}-image subset: test accuracy {provenance['test_accuracy']:.2f}% in "
+                  f"{provenance['train_seconds']:.0f} s -> {target} (sha256 {record['sha256'][:12]}) and {side.name}",
+                  markup=False)
 
 
 @app.command()
@@ -323,7 +383,7 @@ def demo(
 
 @app.command()
 def bench(
-    config: str = typer.Option(..., "--config", "-c", help="A config file, or a shipped one: smoke, cifar10-memorise, cifar10-cpu, cifar10-full, cifar10-gpu, unlearn-sparse-gpu."),
+    config: str = typer.Option(..., "--config", "-c", help="A config file, or a shipped one: smoke, cifar10-memorise, cifar10-pretrained, cifar10-cpu, cifar10-full, cifar10-gpu, unlearn-sparse-gpu."),
     out: Path = typer.Option(..., "--out", "-o", help="Results directory (reused: cached runs are skipped)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute everything, originals and oracles included."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where originals and oracles are cached; default OUT/cache."),

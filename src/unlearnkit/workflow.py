@@ -37,18 +37,39 @@ def model_args_for(splits: DatasetSplits, **model_kwargs) -> dict[str, Any]:
 
 def train_original(dataset: str, model_name: str, recipe: Recipe, *, seed: int = 0, device: str = "auto",
                    data_root: str | None = None, dataset_args: dict | None = None, model_kwargs: dict | None = None,
-                   splits: DatasetSplits | None = None) -> tuple[torch.nn.Module, dict[str, Any], DatasetSplits]:
-    """Train a registered model on a built-in dataset; returns (model, checkpoint metadata, splits)."""
+                   splits: DatasetSplits | None = None,
+                   init: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any], DatasetSplits]:
+    """Train a registered model on a built-in dataset; returns (model, checkpoint metadata, splits).
+
+    ``init`` (a ``pretraining.init_record``): start from those pretrained weights, the head freshly
+    drawn unless it says ``reset_head: false``; the metadata keeps it, so retrain starts there too.
+    """
     dataset_args = dict(dataset_args or {})
     splits = splits or load_dataset(dataset, root=data_root, **dataset_args)
     args = model_args_for(splits, **(model_kwargs or {}))
+    if init and args.get("weights"):
+        raise UnlearnkitError("Give the pretrained weights once: as the init or as the model's 'weights' argument.")
     torch.manual_seed(seed)
-    model = create_model(model_name, **args).to(resolve_device(device))
+    model = build_initial_model(model_name, args, init).to(resolve_device(device))
     train(model, splits.train, recipe.replace(seed=seed), description=f"train {model_name}")
     meta = {"model": model_name, "model_args": args, "num_classes": splits.num_classes,
             "dataset": {"name": dataset, "args": dataset_args, "fingerprint": dataset_fingerprint(splits)},
             "recipe": recipe.replace(seed=seed).to_dict(), "seed": seed}
+    if init:
+        from .pretraining import find_head
+
+        meta["init"] = {**init, "head": find_head(model) if init.get("reset_head", True) else None}
     return model, meta, splits
+
+
+def build_initial_model(model_name: str, args: dict[str, Any], init: dict[str, Any] | None = None):
+    """A fresh draw of the model (under the caller's seed), then ``init``'s pretrained weights if given."""
+    model = create_model(model_name, **args)
+    if init:
+        from .pretraining import apply_init
+
+        apply_init(model, init)
+    return model
 
 
 def load_original(checkpoint: str | Path, *, data_root: str | None = None, device: str = "auto"):
@@ -175,16 +196,27 @@ def method_config_for(method: str, meta: dict[str, Any], overrides: dict[str, An
 def initial_model_factory(meta: dict[str, Any]):
     """How the checkpoint's model was first built, when that was not a plain random draw.
 
-    A model created with ``pretrained=`` or ``weights=`` was fine-tuned from those weights, so
-    its retrain oracle starts from them too (with the same freshly drawn head); None otherwise
-    (retrain then re-draws every weight).
+    A model created with an ``init`` (pretrained weights, head reset), ``pretrained=`` or
+    ``weights=`` was fine-tuned from those weights, so its retrain oracle starts from them too
+    (with the same freshly drawn head); None otherwise (retrain then re-draws every weight).
     """
     args = dict(meta.get("model_args") or {})
-    if "model" not in meta or not (args.get("pretrained") or args.get("weights")):
+    init = meta.get("init")
+    if "model" not in meta or not (init or args.get("pretrained") or args.get("weights")):
         return None
-    from .models import create_model
+    return lambda: build_initial_model(meta["model"], args, init)
 
-    return lambda: create_model(meta["model"], **args)
+
+def retrain_start(meta: dict[str, Any]) -> dict[str, Any]:
+    """Where the retrain oracle of a checkpoint starts, for the records."""
+    init = meta.get("init")
+    if init:
+        return {"from": "pretrained init", "weights": init.get("weights"), "sha256": init.get("sha256"),
+                "head_reset": bool(init.get("reset_head", True)), "head": init.get("head")}
+    args = meta.get("model_args") or {}
+    if args.get("pretrained") or args.get("weights"):
+        return {"from": "the model's weights= / pretrained= weights", "weights": args.get("weights")}
+    return {"from": "fresh random draw"}
 
 
 def method_options_for(method: str, meta: dict[str, Any]) -> dict[str, Any]:

@@ -204,8 +204,8 @@ def test_mnist_subset_is_class_balanced(tmp_path):
     assert len(splits.train) == 50 and np.bincount(splits.train.y.numpy()).tolist() == [5] * 10
     again = uk.load_dataset("mnist", root=tmp_path, subset=50)
     assert torch.equal(again.train.x, splits.train.x)
-    with pytest.raises(UnlearnkitError, match="takes no argument\\(s\\) 'subset'; allowed: test_fraction, split_seed"):
-        uk.load_dataset("digits", subset=100)
+    with pytest.raises(UnlearnkitError, match="takes no argument\\(s\\) 'size'; allowed: test_fraction, split_seed"):
+        uk.load_dataset("digits", size=100)
 
 
 def test_a_given_data_location_is_never_replaced_by_another_copy(tmp_path, monkeypatch):

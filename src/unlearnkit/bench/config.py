@@ -68,6 +68,9 @@ class BenchConfig(Config):
     data_root: str | None = field(None, "Folder (or file) holding the dataset; default $UNLEARNKIT_DATA.")
     model: str = field("cnn", "A registered model name.")
     model_kwargs: dict = field({}, "Keyword arguments of the model factory, e.g. {width: 16}.")
+    init: dict = field({}, "Pretrained start of the original and of the retrain oracle: {weights: FILE or "
+                           "unlearnkit:NAME.safetensors (from `unlearnkit pretrain`), reset_head: true (default: "
+                           "every tensor but the classifier head's is loaded; the head is freshly drawn)}.")
     recipe: dict = field({}, "The original's training recipe (fields of unlearnkit.Recipe, seed excluded).")
     scenarios: list = field(["class:3", "random:0.1"], "Forget specs: class:K[,K] or random:F.")
     methods: dict = field({"finetune": {}, "retrain": {}}, "Method name -> config overrides.")
@@ -92,7 +95,8 @@ class BenchConfig(Config):
 
     constraints = {
         "name": [str], "dataset": [str], "dataset_args": [dict], "data_root": [str, None], "model": [str],
-        "model_kwargs": [dict], "recipe": [dict], "scenarios": [list], "methods": [dict], "seeds": [list],
+        "model_kwargs": [dict], "init": [dict], "recipe": [dict], "scenarios": [list], "methods": [dict],
+        "seeds": [list],
         "device": [str], "eval_batch_size": [Interval(int, 1, None)], "test_subset": [Interval(int, 1, None), None],
         "heldout": [Interval(int, 1, None), None],
         "variants": [dict], "data_on_device": [bool], "channels_last": [bool], "budget": [dict],
@@ -119,6 +123,7 @@ class BenchConfig(Config):
         if "seed" in self.recipe:
             raise InvalidConfigError("The 'recipe' of a benchmark must not set 'seed'; list seeds under 'seeds'.")
         Recipe.from_dict(self.recipe)  # one-line error on unknown or bad fields
+        self._check_init()
         if not self.scenarios:
             raise InvalidConfigError("The 'scenarios' list of a benchmark is empty; e.g. ['class:3', 'random:0.1'].")
         for s in self.scenarios:
@@ -138,6 +143,28 @@ class BenchConfig(Config):
         check_budget(self.budget)
         check_tuning(self)
         self.variant_configs()  # each variant is validated as a whole config
+
+    def _check_init(self) -> None:
+        from ..pretraining import check_init
+
+        try:
+            check_init(self.init)
+        except UnlearnkitError as e:
+            raise InvalidConfigError(str(e)) from None
+        if self.init and "weights" in self.model_kwargs:
+            raise InvalidConfigError("Give the pretrained weights once: as 'init' (head reset, recorded) or as "
+                                     "model_kwargs 'weights', not both.")
+
+    def init_record(self) -> dict[str, Any] | None:
+        """The resolved init (with its file's sha256), or None; the file is read on first use, not on load."""
+        if not self.init:
+            return None
+        if getattr(self, "_init_record", None) is None:
+            from ..pretraining import init_record
+
+            self._init_record = init_record(self.init, dataset=self.dataset, dataset_args=self.dataset_args,
+                                            model=self.model, model_kwargs=self.model_kwargs)
+        return self._init_record
 
     def variant_configs(self) -> dict[str, "BenchConfig"]:
         """Label -> the config of that variant (shared fields, then its overrides); empty without variants."""
@@ -187,8 +214,12 @@ class BenchConfig(Config):
 
     def original_key(self, seed: int) -> dict[str, Any]:
         """What determines an original model (its cache key is the hash of this)."""
-        return {"dataset": self.dataset, "dataset_args": self.dataset_args, "model": self.model,
-                "model_kwargs": self.model_kwargs, "recipe": self.recipe_for(seed).key_dict(), "seed": seed}
+        key = {"dataset": self.dataset, "dataset_args": self.dataset_args, "model": self.model,
+               "model_kwargs": self.model_kwargs, "recipe": self.recipe_for(seed).key_dict(), "seed": seed}
+        init = self.init_record()
+        if init is not None:  # only when set: originals trained without one keep their keys
+            key["init"] = {"sha256": init["sha256"], "reset_head": init["reset_head"]}
+        return key
 
 
 def _normalise_methods(methods: Any) -> dict[str, dict]:

@@ -267,7 +267,8 @@ class BenchRunner:
         c = self.config
         t0 = time.perf_counter()
         model, meta, _ = train_original(c.dataset, c.model, c.recipe_for(seed), seed=seed, device=str(self.device),
-                                        dataset_args=c.dataset_args, model_kwargs=c.model_kwargs, splits=self.splits)
+                                        dataset_args=c.dataset_args, model_kwargs=c.model_kwargs, splits=self.splits,
+                                        init=c.init_record())
         seconds = time.perf_counter() - t0
         save_model(path, model, meta, {"seed": seed, "train_seconds": seconds, "bench_key": key,
                                        "test_accuracy": accuracy(model, self.splits.test)})
@@ -278,7 +279,7 @@ class BenchRunner:
         """(model, UnlearnResult): retrain from scratch on the retain set, once per scenario and seed."""
         from ..api import unlearn
         from ..methods import UnlearnResult
-        from ..workflow import method_options_for, save_model
+        from ..workflow import method_options_for, retrain_start, save_model
 
         config = self.config.method_config("retrain", original_meta)
         if config is None:
@@ -296,7 +297,8 @@ class BenchRunner:
         result, forward_passes = counted_unlearn(base, data.retain, data.forget, "retrain", config=config,
                                                  device=str(self.device), seed=seed,
                                                  **method_options_for("retrain", original_meta))
-        save_model(path, result.model, original_meta, {"oracle": {"scenario": scenario, "seed": seed},
+        save_model(path, result.model, original_meta, {"oracle": {"scenario": scenario, "seed": seed,
+                                                                  "start": retrain_start(original_meta)},
                                                       "result": result.to_dict(), "bench_key": key,
                                                       "forward_passes": forward_passes})
         result.forward_passes = forward_passes
@@ -361,6 +363,7 @@ class BenchRunner:
     def _run_suite(self) -> RunSummary:
         c = self.config
         t_start = time.perf_counter()
+        c.init_record()  # a missing init weights file fails here, before any data is loaded
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / "bench.json", {
             "config": c.to_dict(), "config_hash": c.config_hash(), "environment": environment_info(),
@@ -530,12 +533,15 @@ class BenchRunner:
 
     def _record(self, method, scenario, seed, fingerprint, meta, *, status, config, metrics=None, evaluation=None,
                 result=None, per_class=None, error=None, budget=None) -> dict:
+        from ..workflow import retrain_start
+
         extra = {"budget": budget} if budget is not None else {}
         return {**extra, "format": RECORD_FORMAT, "fingerprint": fingerprint, "status": status, "method": method,
                 "scenario": scenario, "seed": seed, "config": config, "metrics": metrics or {},
                 "evaluation": evaluation, "result": result, "per_class_test_acc": per_class, "error": error,
                 "original": {"weights_sha": meta.get("weights_sha"), "test_accuracy": meta.get("test_accuracy"),
-                             "train_seconds": meta.get("train_seconds")},
+                             "train_seconds": meta.get("train_seconds"), "init": meta.get("init")},
+                "oracle_start": retrain_start(meta),
                 "classes": getattr(self.splits.test, "classes", None), "version": package_version(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 

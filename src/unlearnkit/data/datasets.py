@@ -145,14 +145,21 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
 
 
 @register_dataset("digits")
-def digits(root=None, test_fraction: float = 0.25, split_seed: int = 0) -> DatasetSplits:
-    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes); a fixed seeded 75/25 split."""
+def digits(root=None, test_fraction: float = 0.25, split_seed: int = 0, subset: int | None = None,
+           subset_seed: int = 0, complement: bool = False) -> DatasetSplits:
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes); a fixed seeded 75/25 split.
+
+    ``subset`` / ``complement`` select training images as for cifar10.
+    """
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = d.images.astype(np.float32)[:, None]  # (N, 1, 8, 8), values 0..16
     y = d.target.astype(np.int64)
     tr, te = _split(x, y, test_fraction, split_seed)
+    keep = training_ids(y[tr], subset, subset_seed, complement)
+    if keep is not None:
+        tr = tr[keep]
     kw = dict(scale=16.0, mean=[0.3], std=[0.4], classes=[str(i) for i in range(10)], name="digits")
     return DatasetSplits(ArrayDataset(torch.from_numpy(x[tr]), torch.from_numpy(y[tr]), **kw),
                          ArrayDataset(torch.from_numpy(x[te]), torch.from_numpy(y[te]), **kw),
@@ -234,19 +241,35 @@ def balanced_subset(labels: np.ndarray, subset: int | None, seed: int, num_class
                                    for c in range(num_classes)]))
 
 
+def training_ids(labels: np.ndarray, subset: int | None, seed: int, complement: bool = False,
+                 num_classes: int = 10) -> np.ndarray | None:
+    """Sorted ids of the training images kept: the balanced ``subset``, or with ``complement`` every
+    image *not* in it (disjoint pretraining data for a benchmark on that subset); None: keep all."""
+    if not isinstance(complement, bool):
+        raise UnlearnkitError(f"The 'complement' dataset argument must be true or false; got {complement!r}.")
+    if complement and subset is None:
+        raise UnlearnkitError("The 'complement' dataset argument needs 'subset' (the subset whose other images "
+                              "to keep), e.g. {subset: 10000, complement: true}.")
+    keep = balanced_subset(labels, subset, seed, num_classes)
+    if keep is None or not complement:
+        return keep
+    return np.setdiff1d(np.arange(len(labels)), keep)
+
+
 MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 CIFAR10_KEYS = ("train_bytes", "train_offsets", "train_labels", "test_bytes", "test_offsets", "test_labels")
 
 
 @register_dataset("mnist")
-def mnist(root=None, subset: int | None = None, subset_seed: int = 0) -> DatasetSplits:
+def mnist(root=None, subset: int | None = None, subset_seed: int = 0, complement: bool = False) -> DatasetSplits:
     """MNIST from ``mnist.npz`` (keys x_train, y_train, x_test, y_test, uint8).
 
-    ``subset`` keeps a seeded, class-balanced subset of that many training images.
+    ``subset`` keeps a seeded, class-balanced subset of that many training images;
+    ``complement: true`` keeps the other training images instead.
     """
     d = _load_npz(find_data_file("mnist.npz", root), MNIST_KEYS, "mnist")
     kw = dict(scale=255.0, mean=MNIST_MEAN, std=MNIST_STD, classes=[str(i) for i in range(10)], name="mnist")
-    keep = balanced_subset(d["y_train"], subset, subset_seed)
+    keep = training_ids(d["y_train"], subset, subset_seed, complement)
     if keep is not None:
         d["x_train"], d["y_train"] = d["x_train"][keep], d["y_train"][keep]
     train = ArrayDataset(torch.from_numpy(d["x_train"][:, None]), torch.from_numpy(d["y_train"].astype(np.int64)), **kw)
@@ -277,10 +300,12 @@ def _cifar10_from_torchvision(root: Path) -> tuple[np.ndarray, ...]:
 
 
 @register_dataset("cifar10")
-def cifar10(root=None, subset: int | None = None, subset_seed: int = 0) -> DatasetSplits:
+def cifar10(root=None, subset: int | None = None, subset_seed: int = 0, complement: bool = False) -> DatasetSplits:
     """CIFAR-10 from ``cifar10_jpeg.npz`` (decoded once, kept as uint8) or a torchvision root.
 
-    ``subset`` keeps a seeded, class-balanced subset of that many training images.
+    ``subset`` keeps a seeded, class-balanced subset of that many training images;
+    ``complement: true`` keeps the other training images instead (e.g. the 40,000 images
+    outside a 10,000-image benchmark subset, to pretrain a backbone on disjoint data).
     """
     tv_dir = None if root is None else Path(root) / "cifar-10-batches-py"
     if tv_dir is not None and tv_dir.is_dir():
@@ -292,7 +317,7 @@ def cifar10(root=None, subset: int | None = None, subset_seed: int = 0) -> Datas
         # the file is ordered by class; shuffle once with a fixed seed so ids are stable
         order = np.random.default_rng(1234).permutation(len(ytr))
         xtr, ytr = xtr[order], ytr[order]
-    keep = balanced_subset(np.asarray(ytr), subset, subset_seed)
+    keep = training_ids(np.asarray(ytr), subset, subset_seed, complement)
     if keep is not None:
         xtr, ytr = xtr[keep], ytr[keep]
     kw = dict(scale=255.0, mean=CIFAR10_MEAN, std=CIFAR10_STD, classes=CIFAR10_CLASSES, name="cifar10")

@@ -5,6 +5,7 @@ a fresh random initialisation (``fresh_copy``: every module's ``reset_parameters
 drawn with the run's seed), or the model ``model_factory()`` builds, e.g. the
 pretrained backbone the original was fine-tuned from, with a freshly drawn head.
 The CLI and the benchmark pass such a factory for checkpoints created with
+an ``init`` (our pretrained weights, head freshly drawn; ``unlearnkit.pretraining``),
 ``pretrained=`` or ``weights=``. Training follows the original's recipe; the
 defaults equal ``Recipe()``'s, and the CLI and benchmark pass the recipe stored
 with the original checkpoint.

@@ -98,6 +98,10 @@ class Store:
             raise UnlearnkitError(f"{str(path)!r} exists and is not an empty directory; use another directory.")
         store_config = StoreConfig(**config)
         model, meta, splits = load_original(checkpoint, data_root=data_root, device="cpu")
+        if meta.get("init"):  # its retrains would silently start from a fresh draw instead
+            raise UnlearnkitError(f"Checkpoint {str(checkpoint)!r} was trained from init weights (--init); a store "
+                                  "cannot carry an init yet: train it with --model-arg weights=FILE, FILE inside "
+                                  "the checkpoint directory.")
         meta = contained_weights(meta, Path(checkpoint), f"checkpoint {str(checkpoint)!r}")
         ids = cls._training_ids_arg(training_ids, len(splits.train))
         info = {"format_version": STORE_FORMAT, "created": now(), "original_hash": state_dict_hash(model),
