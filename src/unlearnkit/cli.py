@@ -1,13 +1,17 @@
 """The ``unlearnkit`` command line (typer).
 
 Exit codes: 0 success, 2 bad input (an ``UnlearnkitError`` or a usage error, printed as one
-line), 3 a deletion request refused by a gate, 130 interrupted (one line says what was written).
+line), 3 a deletion request refused by a gate, 130 interrupted (Ctrl-C) and 143 terminated
+(SIGTERM, e.g. ``kill`` or a job scheduler): both stop like Ctrl-C, and one line says what was written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -33,11 +37,32 @@ DataRootOpt = typer.Option(None, "--data-root", help="Folder (or file) with the 
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a previous output of this command at --out "
                             "(never anything else).")
 
-EXIT_OK, EXIT_USER_ERROR, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_OK, EXIT_USER_ERROR, EXIT_REFUSED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 3, 130, 143
 MAX_MESSAGE_CHARS = 600
 
 # what the running command has written so far, for the line an interruption prints
 _interrupt_note: list[Callable[[], str]] = []
+
+
+_terminated: list[bool] = []  # set when SIGTERM stopped the command
+
+
+def _raise_interrupt_on_sigterm(signum, frame) -> None:
+    _terminated[:] = [True]
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c():
+    """SIGTERM raises KeyboardInterrupt, so that what a command writes is finished or cleaned up as for Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _on_interrupt(describe: Callable[[], str]) -> None:
@@ -336,8 +361,15 @@ def bench(
     _setup(quiet)
     cfg = load_bench_config(config)
     stored: list[dict] = []
-    _on_interrupt(lambda: f"{len(stored)} new run(s) stored in {out}; resume with the same command "
-                          "(stored runs are reused)")
+    partial = (cache_dir if cache_dir is not None else out / "cache") / "partial"
+
+    def interrupted_bench() -> str:
+        line = f"{len(stored)} new run(s) stored in {out}; resume with the same command (stored runs are reused)"
+        if any(partial.glob("*/fit*.pt")):
+            line += f"; a training in progress resumes from its last completed epoch (kept in {partial})"
+        return line
+
+    _on_interrupt(interrupted_bench)
     summary = run_benchmark(cfg, out, overwrite=overwrite, device=device, cache_dir=cache_dir,
                             on_result=stored.append)
     md, html_path = write_report(out)
@@ -689,25 +721,28 @@ def _command():
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see the module docstring)."""
     _interrupt_note[:] = []
-    try:
-        code = _command()(args=argv, standalone_mode=False)  # typer turns Ctrl-C in a command into Exit(130)
-    except UnlearnkitError as e:
-        _print_error(f"Error: {e}")
-        return EXIT_USER_ERROR
-    except (typer.Exit, SystemExit) as e:
-        code = getattr(e, "exit_code", getattr(e, "code", 0))
-    except (typer.Abort, KeyboardInterrupt):
-        code = EXIT_INTERRUPTED
-    except Exception as e:
-        # usage errors (unknown option, missing argument) from click, or from the copy typer vendors
-        if type(e).__name__ in _USAGE_ERRORS and hasattr(e, "show"):
-            e.show()
+    _terminated[:] = []
+    with _sigterm_stops_like_ctrl_c():
+        try:
+            code = _command()(args=argv, standalone_mode=False)  # typer turns Ctrl-C in a command into Exit(130)
+        except UnlearnkitError as e:
+            _print_error(f"Error: {e}")
             return EXIT_USER_ERROR
-        raise
-    code = code if isinstance(code, int) else EXIT_OK  # a command's return value is not an exit code
-    if code == EXIT_INTERRUPTED:
-        done = _interrupt_note[0]() if _interrupt_note else "nothing was written"
-        _print_error(f"interrupted: {done}.")
+        except (typer.Exit, SystemExit) as e:
+            code = getattr(e, "exit_code", getattr(e, "code", 0))
+        except (typer.Abort, KeyboardInterrupt):
+            code = EXIT_INTERRUPTED
+        except Exception as e:
+            # usage errors (unknown option, missing argument) from click, or from the copy typer vendors
+            if type(e).__name__ in _USAGE_ERRORS and hasattr(e, "show"):
+                e.show()
+                return EXIT_USER_ERROR
+            raise
+        code = code if isinstance(code, int) else EXIT_OK  # a command's return value is not an exit code
+        if code == EXIT_INTERRUPTED:
+            done = _interrupt_note[0]() if _interrupt_note else "nothing was written"
+            code, what = (EXIT_TERMINATED, "terminated") if _terminated else (code, "interrupted")
+            _print_error(f"{what}: {done}.")
     return code
 
 
