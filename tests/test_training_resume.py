@@ -188,3 +188,11 @@ def test_clear_removes_the_directory(digits, tmp_path):
     assert (tmp_path / "partial" / "fit0.pt").is_file()
     ctx.clear()
     assert not (tmp_path / "partial").exists()
+
+
+def test_clear_deletes_only_the_slot_files(digits, tmp_path):
+    (tmp_path / "notes.txt").write_text("not ours")
+    with resumable(tmp_path, key="unit") as ctx:
+        train(digits.train, epochs=1)
+    ctx.clear()
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

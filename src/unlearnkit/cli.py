@@ -176,11 +176,16 @@ def train(
     subset: Optional[int] = typer.Option(None, help="cifar10 and mnist: a class-balanced subset of N training images."),
     model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable), e.g. "
                                         "width=32, pretrained=true, resize=224, weights=FILE."),
+    resume_dir: Optional[Path] = typer.Option(None, "--resume-dir", help="Checkpoint every epoch into this folder "
+                                              "(not inside --out); the same command continues an interrupted "
+                                              "training from its last epoch; removed once the model is saved."),
     data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
     """Train an original model and save it as a checkpoint."""
+    from .resume import resumable
     from .training import Recipe, accuracy
+    from .utils import package_version, stable_hash
     from .workflow import check_output_dir, parse_model_args, save_model, train_original
 
     _setup(quiet)
@@ -189,14 +194,34 @@ def train(
                   schedule=schedule, augment=augment, augment_epochs=augment_epochs)
     recipe = Recipe.preset(recipe_name, **{k: v for k, v in values.items() if v is not None})
     dataset_args = {"subset": subset} if subset is not None else {}  # 0 is refused by the loader, not ignored
-    net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,
-                                       dataset_args=dataset_args, model_kwargs=parse_model_args(model_arg))
+    model_kwargs = parse_model_args(model_arg)
+    if resume_dir is not None:
+        _check_resume_dir(resume_dir, target)
+        _on_interrupt(lambda: f"the last completed epoch is kept in {resume_dir}; the same command resumes from it")
+    key = stable_hash({"dataset": dataset, "dataset_args": dataset_args, "model": model, "model_kwargs": model_kwargs,
+                       "recipe": recipe.replace(seed=seed).key_dict(), "data_root": data_root,
+                       "version": package_version()})
+    with resumable(resume_dir, key=key, label=f"train {model}") if resume_dir else contextlib.nullcontext() as resume:
+        net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,
+                                           dataset_args=dataset_args, model_kwargs=model_kwargs)
 
     test_acc = accuracy(net, splits.test)
     _on_interrupt(lambda: _writing(out))
     save_model(target, net, meta, {"seed": seed, "test_accuracy": test_acc}, overwrite=overwrite)
     _on_interrupt(lambda: f"the checkpoint was written to {out}")
+    if resume is not None:
+        resume.clear()
     console.print(f"trained {model} on {dataset}: test accuracy {test_acc:.2f}% -> {out}", markup=False)
+
+
+def _check_resume_dir(resume_dir: Path, out: Path) -> None:
+    """The epoch checkpoints live apart from the output (which must be new or empty) and are not a file."""
+    place = resume_dir.resolve()
+    if place == out or out in place.parents:
+        raise UnlearnkitError(f"--resume-dir {resume_dir} is inside --out {out}; give it a folder of its own.")
+    if place.exists() and not place.is_dir():
+        raise UnlearnkitError(f"--resume-dir {resume_dir} is a file; give a folder (new, or one a previous run "
+                              "of this command wrote).")
 
 
 @app.command()

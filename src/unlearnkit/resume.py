@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import io
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -79,8 +78,12 @@ class Resumable:
                      "training restarts from its first epoch")
 
     def clear(self) -> None:
-        """Delete the partial checkpoints (call once the finished result is saved)."""
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Delete the slot files (call once the finished result is saved), then the directory if that
+        left it empty; nothing else in it is touched."""
+        for path in [*self.directory.glob("fit*.pt"), *self.directory.glob(".fit*.pt.*.tmp")]:
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
 
 
 @contextlib.contextmanager
