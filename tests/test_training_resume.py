@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import unlearnkit.resume as resume_module
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.resume import fit_checkpoint, resumable
 from unlearnkit.training import Counter, fit, make_optimizer
@@ -196,3 +197,28 @@ def test_clear_deletes_only_the_slot_files(digits, tmp_path):
         train(digits.train, epochs=1)
     ctx.clear()
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_max_overhead_skips_writes_until_enough_time_has_passed(tmp_path, monkeypatch):
+    clock = [100.0]
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    monkeypatch.setattr(resume_module, "time", FakeTime)
+    model = TinyNet()
+    with resumable(tmp_path, max_overhead=0.1):
+        slot = fit_checkpoint({"epochs": 3}, model=model, optimizer=make_optimizer(model.parameters(), "sgd", 0.1),
+                              scheduler=None, generator=torch.Generator(), counter=Counter())
+    assert slot.due(finished=False)  # the first epoch is always written
+    slot.last_write = (100.0, 1.0)  # a write of 1 s: the next one 10 s later at the earliest
+    clock[0] = 105.0
+    assert not slot.due(finished=False) and slot.due(finished=True)  # the last epoch is always written
+    clock[0] = 110.0
+    assert slot.due(finished=False)
+    for bad in (0, 1.5):
+        with pytest.raises(UnlearnkitError, match="max_overhead must be in"):
+            with resumable(tmp_path, max_overhead=bad):
+                pass

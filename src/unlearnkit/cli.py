@@ -201,7 +201,8 @@ def train(
     key = stable_hash({"dataset": dataset, "dataset_args": dataset_args, "model": model, "model_kwargs": model_kwargs,
                        "recipe": recipe.replace(seed=seed).key_dict(), "data_root": data_root,
                        "version": package_version()})
-    with resumable(resume_dir, key=key, label=f"train {model}") if resume_dir else contextlib.nullcontext() as resume:
+    checkpoints = resumable(resume_dir, key=key, label=f"train {model}", max_overhead=0.01) if resume_dir else None
+    with checkpoints or contextlib.nullcontext() as resume:
         net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,
                                            dataset_args=dataset_args, model_kwargs=model_kwargs)
 

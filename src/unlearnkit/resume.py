@@ -10,7 +10,9 @@ sample-passes and seconds done. A ``fit`` whose slot file exists with a matching
 tensor names and shapes) restores it and continues from the next epoch; the final weights are
 bit for bit those of an uninterrupted run. A finished slot is restored without training, so the
 code between two ``fit`` calls runs again from the same state. A mismatching or unreadable file
-is ignored (one line says so) and overwritten by the next epoch's checkpoint.
+is ignored (one line says so) and overwritten by the next epoch's checkpoint. With
+``max_overhead`` some epochs' writes are skipped to bound the time spent writing (a large model
+with short epochs, on a GPU); which epoch a resume starts from then varies, the result does not.
 
 Files are read with ``torch.load(weights_only=True)``: tensors, numbers, strings and containers,
 never arbitrary objects. The caller deletes the directory (``Resumable.clear()``) once it has
@@ -45,10 +47,11 @@ _ACTIVE: "Resumable | None" = None
 class Resumable:
     """The active context: where slots are written, what they are keyed by, what was restored."""
 
-    def __init__(self, directory: str | Path, key: str, label: str):
+    def __init__(self, directory: str | Path, key: str, label: str, max_overhead: float | None = None):
         self.directory = Path(directory)
         self.key = key
         self.label = label
+        self.max_overhead = max_overhead
         self.slots_claimed = 0
         self.resumed: list[dict[str, Any]] = []  # one entry per restored slot: slot, epoch, epochs, seconds
         self.notes: list[str] = []
@@ -87,17 +90,23 @@ class Resumable:
 
 
 @contextlib.contextmanager
-def resumable(directory: str | Path, *, key: str = "", label: str = "training") -> Iterator[Resumable]:
+def resumable(directory: str | Path, *, key: str = "", label: str = "training",
+              max_overhead: float | None = None) -> Iterator[Resumable]:
     """Epoch checkpoints for every ``fit`` call inside the block (see the module docstring).
 
     ``key`` names the training the directory belongs to (a checkpoint written under another key
-    is not resumed); ``label`` names it in the "resuming ..." line.
+    is not resumed); ``label`` names it in the "resuming ..." line. ``max_overhead`` (e.g. 0.01)
+    skips an epoch's write while the time since the last one is under the last write's duration
+    / ``max_overhead`` (short epochs of a large model); a ``fit``'s first and last epochs are always
+    written. None: every epoch.
     """
     global _ACTIVE
     if _ACTIVE is not None:
         raise UnlearnkitError(f"resumable({str(directory)!r}) inside resumable({str(_ACTIVE.directory)!r}): "
                               "the contexts do not nest; close the outer one first.")
-    _ACTIVE = Resumable(directory, key, label)
+    if max_overhead is not None and not 0 < max_overhead <= 1:
+        raise UnlearnkitError(f"max_overhead must be in (0, 1] or None (every epoch); got {max_overhead!r}.")
+    _ACTIVE = Resumable(directory, key, label, max_overhead)
     try:
         yield _ACTIVE
     finally:
@@ -151,6 +160,7 @@ class FitCheckpoint:
         self.base_passes, self.base_steps = counter.sample_passes, counter.steps
         self.seconds_before = 0.0
         self.started = time.perf_counter()
+        self.last_write: tuple[float, float] | None = None  # (when it ended, how long it took)
 
     def _describe(self) -> str:
         return self.owner.label if self.slot == 0 else f"{self.owner.label} (training {self.slot + 1})"
@@ -191,7 +201,17 @@ class FitCheckpoint:
         self.owner.say(f"resuming {self._describe()} from epoch {state['epoch']}/{self.epochs}")
         return epoch, state["done"]
 
+    def due(self, finished: bool) -> bool:
+        """Whether this epoch's checkpoint is written (see ``resumable``'s ``max_overhead``)."""
+        if finished or self.last_write is None or self.owner.max_overhead is None:
+            return True
+        ended, took = self.last_write
+        return time.perf_counter() - ended >= took / self.owner.max_overhead
+
     def save(self, epochs_done: int, steps_done: int, *, finished: bool) -> None:
+        if not self.due(finished):
+            return
+        start = time.perf_counter()
         state = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "label": self._describe(),
                  "epoch": epochs_done, "epochs": self.epochs, "done": steps_done, "finished": finished,
                  "seconds": self.seconds_before + time.perf_counter() - self.started,
@@ -204,6 +224,7 @@ class FitCheckpoint:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(self.path, buffer.getvalue())
+        self.last_write = (time.perf_counter(), time.perf_counter() - start)
 
 
 def fit_checkpoint(fingerprint: dict[str, Any], *, ctx=None, **objects) -> FitCheckpoint | None:

@@ -53,6 +53,7 @@ from .budget import apply_budget, budget_target
 from .config import BenchConfig, load_bench_config
 
 RECORD_FORMAT = 1
+PARTIAL_MAX_OVERHEAD = 0.01  # epoch checkpoints take at most ~1% of a training's time (see resume.resumable)
 ORIGINAL = "original"
 SPARSE_ORIGINAL_SUFFIX = "_sparse_original"
 
@@ -344,7 +345,7 @@ class BenchRunner:
         directory = self.cache / "partial" / key
         if self.overwrite:
             shutil.rmtree(directory, ignore_errors=True)
-        return resumable(directory, key=key, label=label)
+        return resumable(directory, key=key, label=label, max_overhead=PARTIAL_MAX_OVERHEAD)
 
     def _resumed_meta(self, resume) -> dict:
         """What the checkpoint records of a resumed training (nothing for one trained in one go)."""
