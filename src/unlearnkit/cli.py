@@ -197,7 +197,8 @@ def train(
     model_kwargs = parse_model_args(model_arg)
     if resume_dir is not None:
         _check_resume_dir(resume_dir, target)
-        _on_interrupt(lambda: f"the last completed epoch is kept in {resume_dir}; the same command resumes from it")
+        _on_interrupt(lambda: f"the last completed epoch is kept in {resume_dir}; the same command resumes from it"
+                      if any(resume_dir.glob("fit*.pt")) else "nothing was written")
     key = stable_hash({"dataset": dataset, "dataset_args": dataset_args, "model": model, "model_kwargs": model_kwargs,
                        "recipe": recipe.replace(seed=seed).key_dict(), "data_root": data_root,
                        "version": package_version()})
