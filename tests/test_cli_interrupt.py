@@ -91,3 +91,57 @@ def test_an_interrupt_while_writing_says_the_output_is_old_or_new(tmp_path, caps
     assert main(["train", "--model", "mlp", "--epochs", "1", "--out", str(out), "-q"]) == 130
     assert capsys.readouterr().err.strip() == (f"interrupted: {out} holds its previous contents or the complete "
                                                "new output, never a mix.")
+
+
+def test_sigterm_during_bench_exits_143_and_keeps_the_partial_checkpoint(tmp_path):
+    config = tmp_path / "long.yaml"
+    config.write_text("name: long\ndataset: digits\nmodel: mlp\nrecipe: {epochs: 100000, batch_size: 64}\n"
+                      "scenarios: ['class:3']\nmethods: {retrain: {}}\nseeds: [0]\ndevice: cpu\n")
+    out = tmp_path / "b"
+    env = {**os.environ, "PYTHONPATH": SRC, "UNLEARNKIT_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "unlearnkit", "--threads", "1", "bench", "--config", str(config),
+                             "--out", str(out), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    partial = out / "cache" / "partial"
+    deadline = time.monotonic() + 120
+    while not list(partial.glob("*/fit0.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # until the original's first epoch checkpoint is there
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"terminated: 0 new run(s) stored in {out}; resume with the same command (stored runs are reused); a "
+        f"training in progress resumes from its last completed epoch (kept in {partial}).")
+    (unit,) = partial.iterdir()
+    assert [p.name for p in unit.iterdir()] == ["fit0.pt"]  # no half-written temporary beside it
+
+
+def test_train_with_resume_dir_continues_an_interrupted_training(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import unlearnkit.training as training
+    from unlearnkit.checkpoint import read_meta
+
+    calls, real = [0], training.forward
+
+    def forward_then_interrupt(model, x):
+        calls[0] += 1
+        if torch.is_grad_enabled() and calls[0] == 22 + 3:  # in the second of 2 epochs (22 steps each)
+            raise KeyboardInterrupt
+        return real(model, x)
+
+    args = ["train", "--model", "mlp", "--epochs", "2", "--batch-size", "64", "-q"]
+    resume = tmp_path / "partial"
+    monkeypatch.setattr(training, "forward", forward_then_interrupt)
+    assert main([*args, "--out", str(tmp_path / "a"), "--resume-dir", str(resume)]) == 130
+    assert capsys.readouterr().err.strip() == (f"interrupted: the last completed epoch is kept in {resume}; the "
+                                               "same command resumes from it.")
+    assert (resume / "fit0.pt").is_file()
+    monkeypatch.setattr(training, "forward", real)
+    assert main([*args, "--out", str(tmp_path / "a"), "--resume-dir", str(resume)]) == 0
+    assert not resume.exists()
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0  # in one go
+    assert read_meta(tmp_path / "a")["weights_sha"] == read_meta(tmp_path / "b")["weights_sha"]
+    assert main([*args, "--out", str(tmp_path / "c"), "--resume-dir", str(tmp_path / "c" / "x")]) == 2
+    assert "is inside --out" in capsys.readouterr().err

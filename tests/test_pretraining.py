@@ -165,3 +165,38 @@ def test_cli_train_from_an_init_and_retrain_starts_there(tmp_path, monkeypatch):
     # a store would retrain such a checkpoint from a fresh draw: refused until it carries the init
     assert main(["store-init", "--checkpoint", str(original), "--store", str(tmp_path / "store"), "-q"]) == 2
     assert not (tmp_path / "store").exists()
+
+
+def test_cli_pretrain_with_resume_dir_continues_an_interrupted_pretraining(tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    import unlearnkit.training as training
+
+    calls, real = [0], training.forward
+
+    def forward_then_interrupt(model, x):
+        calls[0] += 1
+        if torch.is_grad_enabled() and calls[0] == 12 + 3:  # in the second of 2 epochs (748 images, 12 steps each)
+            raise KeyboardInterrupt
+        return real(model, x)
+
+    args = ["pretrain", "--dataset", "digits", "--model", "mlp", "--model-arg", "hidden=16", "--exclude-subset", "600",
+            "--epochs", "2", "--batch-size", "64", "-q"]
+    resume = tmp_path / "partial"
+    monkeypatch.setattr(training, "forward", forward_then_interrupt)
+    assert main([*args, "--out", str(tmp_path / "a.safetensors"), "--resume-dir", str(resume)]) == 130
+    assert "the last completed epoch is kept in" in capsys.readouterr().err
+    assert (resume / "fit0.pt").is_file() and not (tmp_path / "a.safetensors").exists()
+    steps = [0]
+
+    def counted(model, x):
+        steps[0] += torch.is_grad_enabled()
+        return real(model, x)
+
+    monkeypatch.setattr(training, "forward", counted)
+    assert main([*args, "--out", str(tmp_path / "a.safetensors"), "--resume-dir", str(resume)]) == 0
+    assert steps[0] == 12 and not resume.exists()  # only the second epoch was trained again
+    monkeypatch.setattr(training, "forward", real)
+    assert main([*args, "--out", str(tmp_path / "b.safetensors")]) == 0  # in one go
+    resumed, one_go = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
+    assert resumed.keys() == one_go.keys() and all(torch.equal(resumed[k], one_go[k]) for k in resumed)

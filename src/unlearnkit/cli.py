@@ -1,13 +1,17 @@
 """The ``unlearnkit`` command line (typer).
 
 Exit codes: 0 success, 2 bad input (an ``UnlearnkitError`` or a usage error, printed as one
-line), 3 a deletion request refused by a gate, 130 interrupted (one line says what was written).
+line), 3 a deletion request refused by a gate, 130 interrupted (Ctrl-C) and 143 terminated
+(SIGTERM, e.g. ``kill`` or a job scheduler): both stop like Ctrl-C, and one line says what was written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -33,11 +37,32 @@ DataRootOpt = typer.Option(None, "--data-root", help="Folder (or file) with the 
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a previous output of this command at --out "
                             "(never anything else).")
 
-EXIT_OK, EXIT_USER_ERROR, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_OK, EXIT_USER_ERROR, EXIT_REFUSED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 3, 130, 143
 MAX_MESSAGE_CHARS = 600
 
 # what the running command has written so far, for the line an interruption prints
 _interrupt_note: list[Callable[[], str]] = []
+
+
+_terminated: list[bool] = []  # set when SIGTERM stopped the command
+
+
+def _raise_interrupt_on_sigterm(signum, frame) -> None:
+    _terminated[:] = [True]
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c():
+    """SIGTERM raises KeyboardInterrupt, so that what a command writes is finished or cleaned up as for Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _on_interrupt(describe: Callable[[], str]) -> None:
@@ -155,11 +180,16 @@ def train(
                                        "unlearnkit:NAME.safetensors), the head freshly drawn; retrain then starts "
                                        "there too."),
     keep_head: bool = typer.Option(False, "--keep-head", help="With --init: load the pretrained head as well."),
+    resume_dir: Optional[Path] = typer.Option(None, "--resume-dir", help="Checkpoint every epoch into this folder "
+                                              "(not inside --out); the same command continues an interrupted "
+                                              "training from its last epoch; removed once the model is saved."),
     data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
     """Train an original model and save it as a checkpoint."""
+    from .resume import resumable
     from .training import Recipe, accuracy
+    from .utils import package_version, stable_hash
     from .workflow import check_output_dir, parse_model_args, save_model, train_original
 
     _setup(quiet)
@@ -177,14 +207,36 @@ def train(
 
         start = init_record({"weights": init, "reset_head": not keep_head}, dataset=dataset,
                             dataset_args=dataset_args, model=model, model_kwargs=model_kwargs)
-    net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,
-                                       dataset_args=dataset_args, model_kwargs=model_kwargs, init=start)
+    if resume_dir is not None:
+        _check_resume_dir(resume_dir, target)
+        _on_interrupt(lambda: f"the last completed epoch is kept in {resume_dir}; the same command resumes from it"
+                      if any(resume_dir.glob("fit*.pt")) else "nothing was written")
+    key = stable_hash({"dataset": dataset, "dataset_args": dataset_args, "model": model, "model_kwargs": model_kwargs,
+                       "recipe": recipe.replace(seed=seed).key_dict(), "data_root": data_root,
+                       "init": None if start is None else {"sha256": start["sha256"], "reset_head": start["reset_head"]},
+                       "version": package_version()})
+    checkpoints = resumable(resume_dir, key=key, label=f"train {model}", max_overhead=0.01) if resume_dir else None
+    with checkpoints or contextlib.nullcontext() as resume:
+        net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,
+                                           dataset_args=dataset_args, model_kwargs=model_kwargs, init=start)
 
     test_acc = accuracy(net, splits.test)
     _on_interrupt(lambda: _writing(out))
     save_model(target, net, meta, {"seed": seed, "test_accuracy": test_acc}, overwrite=overwrite)
     _on_interrupt(lambda: f"the checkpoint was written to {out}")
+    if resume is not None:
+        resume.clear()
     console.print(f"trained {model} on {dataset}: test accuracy {test_acc:.2f}% -> {out}", markup=False)
+
+
+def _check_resume_dir(resume_dir: Path, out: Path) -> None:
+    """The epoch checkpoints live apart from the output (which must be new or empty) and are not a file."""
+    place = resume_dir.resolve()
+    if place == out or out in place.parents:
+        raise UnlearnkitError(f"--resume-dir {resume_dir} is inside --out {out}; give it a folder of its own.")
+    if place.exists() and not place.is_dir():
+        raise UnlearnkitError(f"--resume-dir {resume_dir} is a file; give a folder (new, or one a previous run "
+                              "of this command wrote).")
 
 
 @app.command()
@@ -203,12 +255,17 @@ def pretrain(
     schedule: Optional[str] = typer.Option(None, help="constant, cosine (default) or step."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random crop + flip (default on)."),
     model_arg: List[str] = typer.Option([], "--model-arg", help="Model argument KEY=VALUE (repeatable)."),
+    resume_dir: Optional[Path] = typer.Option(None, "--resume-dir", help="Checkpoint every epoch into this folder; "
+                                              "the same command continues an interrupted pretraining from its last "
+                                              "epoch; removed once the weights are written."),
     data_root: Optional[str] = DataRootOpt, overwrite: bool = OverwriteOpt,
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
     """Pretrain a backbone on the training images outside a benchmark's subset (a benchmark's `init`)."""
     from .pretraining import PRETRAIN_RECIPE, is_pretrain_file, pretrain as run_pretrain, save_pretrained, sidecar_path
+    from .resume import resumable
     from .training import Recipe
+    from .utils import package_version, stable_hash
     from .workflow import check_output_file, parse_model_args
 
     _setup(quiet)
@@ -222,12 +279,27 @@ def pretrain(
     values = dict(epochs=epochs, lr=lr, optimizer=optimizer, batch_size=batch_size, weight_decay=weight_decay,
                   schedule=schedule, augment=augment)
     recipe = Recipe(**{**PRETRAIN_RECIPE, **{k: v for k, v in values.items() if v is not None}})
-    net, provenance = run_pretrain(dataset, model, recipe, exclude_subset=exclude_subset, subset_seed=subset_seed,
-                                   seed=seed, device=device, data_root=data_root,
-                                   model_kwargs=parse_model_args(model_arg))
+    model_kwargs = parse_model_args(model_arg)
+    checkpoints = None
+    if resume_dir is not None:
+        _check_resume_dir(resume_dir, target)
+        _on_interrupt(lambda: f"the last completed epoch is kept in {resume_dir}; the same command resumes from it"
+                      if any(resume_dir.glob("fit*.pt")) else "nothing was written")
+        key = stable_hash({"command": "pretrain", "dataset": dataset, "model": model, "model_kwargs": model_kwargs,
+                           "exclude_subset": exclude_subset, "subset_seed": subset_seed,
+                           "recipe": recipe.replace(seed=seed).key_dict(), "data_root": data_root,
+                           "version": package_version()})
+        checkpoints = resumable(resume_dir, key=key, label=f"pretrain {model}", max_overhead=0.01)
+    with checkpoints or contextlib.nullcontext() as resume:
+        net, provenance = run_pretrain(dataset, model, recipe, exclude_subset=exclude_subset, subset_seed=subset_seed,
+                                       seed=seed, device=device, data_root=data_root, model_kwargs=model_kwargs)
+    if resume is not None:  # the epochs trained before an interruption count too
+        provenance["train_seconds"] = round(provenance["train_seconds"] + resume.seconds_before, 1)
     _on_interrupt(lambda: _writing(target))
     record = save_pretrained(target, net, provenance)
     _on_interrupt(lambda: f"the weights were written to {target}")
+    if resume is not None:
+        resume.clear()
     console.print(f"pretrained {model} on {provenance['num_images']} {dataset} images outside the "
                   f"{exclude_subset}-image subset: test accuracy {provenance['test_accuracy']:.2f}% in "
                   f"{provenance['train_seconds']:.0f} s -> {target} (sha256 {record['sha256'][:12]}) and {side.name}",
@@ -396,8 +468,15 @@ def bench(
     _setup(quiet)
     cfg = load_bench_config(config)
     stored: list[dict] = []
-    _on_interrupt(lambda: f"{len(stored)} new run(s) stored in {out}; resume with the same command "
-                          "(stored runs are reused)")
+    partial = (cache_dir if cache_dir is not None else out / "cache") / "partial"
+
+    def interrupted_bench() -> str:
+        line = f"{len(stored)} new run(s) stored in {out}; resume with the same command (stored runs are reused)"
+        if any(partial.glob("*/fit*.pt")):
+            line += f"; a training in progress resumes from its last completed epoch (kept in {partial})"
+        return line
+
+    _on_interrupt(interrupted_bench)
     summary = run_benchmark(cfg, out, overwrite=overwrite, device=device, cache_dir=cache_dir,
                             on_result=stored.append)
     md, html_path = write_report(out)
@@ -749,25 +828,28 @@ def _command():
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see the module docstring)."""
     _interrupt_note[:] = []
-    try:
-        code = _command()(args=argv, standalone_mode=False)  # typer turns Ctrl-C in a command into Exit(130)
-    except UnlearnkitError as e:
-        _print_error(f"Error: {e}")
-        return EXIT_USER_ERROR
-    except (typer.Exit, SystemExit) as e:
-        code = getattr(e, "exit_code", getattr(e, "code", 0))
-    except (typer.Abort, KeyboardInterrupt):
-        code = EXIT_INTERRUPTED
-    except Exception as e:
-        # usage errors (unknown option, missing argument) from click, or from the copy typer vendors
-        if type(e).__name__ in _USAGE_ERRORS and hasattr(e, "show"):
-            e.show()
+    _terminated[:] = []
+    with _sigterm_stops_like_ctrl_c():
+        try:
+            code = _command()(args=argv, standalone_mode=False)  # typer turns Ctrl-C in a command into Exit(130)
+        except UnlearnkitError as e:
+            _print_error(f"Error: {e}")
             return EXIT_USER_ERROR
-        raise
-    code = code if isinstance(code, int) else EXIT_OK  # a command's return value is not an exit code
-    if code == EXIT_INTERRUPTED:
-        done = _interrupt_note[0]() if _interrupt_note else "nothing was written"
-        _print_error(f"interrupted: {done}.")
+        except (typer.Exit, SystemExit) as e:
+            code = getattr(e, "exit_code", getattr(e, "code", 0))
+        except (typer.Abort, KeyboardInterrupt):
+            code = EXIT_INTERRUPTED
+        except Exception as e:
+            # usage errors (unknown option, missing argument) from click, or from the copy typer vendors
+            if type(e).__name__ in _USAGE_ERRORS and hasattr(e, "show"):
+                e.show()
+                return EXIT_USER_ERROR
+            raise
+        code = code if isinstance(code, int) else EXIT_OK  # a command's return value is not an exit code
+        if code == EXIT_INTERRUPTED:
+            done = _interrupt_note[0]() if _interrupt_note else "nothing was written"
+            code, what = (EXIT_TERMINATED, "terminated") if _terminated else (code, "interrupted")
+            _print_error(f"{what}: {done}.")
     return code
 
 

@@ -21,6 +21,12 @@ def set_progress(enabled: bool) -> None:
     _enabled = bool(enabled)
 
 
+def note(text: str) -> None:
+    """One informational line on stderr (e.g. "resuming ..."), unless progress is silenced."""
+    if _enabled:
+        print(text, file=sys.stderr, flush=True)
+
+
 def progress_enabled() -> bool:
     """Whether the rich bar is drawn (progress on, stderr a terminal)."""
     return _enabled and sys.stderr.isatty()

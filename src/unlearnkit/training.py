@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from . import distributed as _distributed
+from . import resume as _resume
 from .config import Config, Interval, Options, field
 from .data.loading import iterate_batches, num_batches
 from .errors import DivergenceError, InvalidConfigError, UnlearnkitError
@@ -91,6 +92,9 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
     precision), ``batch_size`` is the global batch: each rank trains on its shard and
     gradients are averaged across ranks (see ``distributed.py``). Without one, nothing
     differs from a plain single-process loop.
+
+    Inside a ``unlearnkit.resume.resumable`` context each call checkpoints after every epoch and
+    continues from its last checkpoint when there is one (see ``resume.py``).
     """
     counter = counter or Counter()
     ctx = _distributed.active()
@@ -102,11 +106,18 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
     total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
     scheduler = make_schedule(optimizer, schedule, total)
     model.train(train_mode)
-    done = 0
+    checkpoint = _resume.fit_checkpoint(
+        {"epochs": epochs, "batch_size": batch_size, "samples": len(dataset), "total_steps": total,
+         "schedule": schedule, "augment": augment, "augment_epochs": augment_epochs, "drop_last": drop_last,
+         "optimizer": type(optimizer).__name__},
+        ctx=ctx, model=model, optimizer=optimizer, scheduler=scheduler, generator=generator, counter=counter)
+    first_epoch, done = (0, 0) if checkpoint is None else checkpoint.restore()
     sync_every = host_sync_every(device)
     nonfinite = None  # accelerators: a device-side flag checked every `sync_every` steps
     with progress_bar(total, description) as bar:
-        for epoch in range(epochs):
+        if done:
+            bar.advance(done, status="resumed")
+        for epoch in range(first_epoch, epochs):
             augment_now = augment and (augment_epochs is None or epoch < augment_epochs)
             for x, y in iterate_batches(dataset, batch_size, shuffle=True, generator=generator,
                                         augment=augment_now, device=device, drop_last=drop_last):
@@ -141,9 +152,13 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
                     raise_diverged(f"{description} (within the last {sync_every} steps)", float("nan"))
                 bar.advance(1, status=f"loss {loss.item():.3f}")
                 if done >= total:
-                    if ctx is not None:
-                        ctx.sync_module(model, buffers_only=True)
-                    return counter
+                    break
+            if checkpoint is not None:
+                if nonfinite is not None and bool(nonfinite):  # never checkpoint a diverged model
+                    raise_diverged(f"{description} (within the last {sync_every} steps)", float("nan"))
+                checkpoint.save(epoch + 1, done, finished=done >= total)
+            if done >= total:
+                break
     if ctx is not None:
         ctx.sync_module(model, buffers_only=True)
     return counter

@@ -6,6 +6,8 @@ Layout of an output directory::
     OUT/cache/originals/<hash>/            original checkpoint per (dataset, model, recipe, seed)
     OUT/cache/oracles/<hash>/              retrain oracle per (original, scenario, retrain config)
     OUT/cache/sparse_originals/<hash>/     OMP's sparse original per (original, its pruning/retraining fields, seed)
+    OUT/cache/partial/<hash>/fit<k>.pt     epoch checkpoints of an original, oracle or sparse original still
+                                           training (same hash as its cache folder; removed once it is saved)
     OUT/results/<scenario>/<method>/seed<k>.json   one record per run (atomic write)
     OUT/results/<scenario>/original/seed<k>.json   the original evaluated on the same request
     OUT/results/<scenario>/omp_sparse_original/seed<k>.json   OMP's sparse original, evaluated likewise
@@ -16,7 +18,9 @@ weights hash, the unlearnkit version, the record format and which evaluator
 produced the metrics. Records with an error are always recomputed (a fixed or
 newly registered method then runs); ``overwrite=True`` recomputes everything,
 originals and oracles included. Since each record is written as soon as it is
-done, an interrupted run resumes where it stopped.
+done, an interrupted run resumes where it stopped. The long trainings (originals, oracles,
+sparse originals) also resume within themselves: they train under ``resume.resumable`` and
+continue from their last completed epoch (one "resuming ..." line), bit for bit.
 
 The retrain method's record *is* the oracle's run (same config, same seed): the
 oracle is never trained twice. A method with a one-off per-model step (OMP's
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field as dc_field
@@ -41,12 +46,14 @@ from ..checkpoint import load_checkpoint, read_meta
 from ..errors import UnlearnkitError
 from ..performance import channels_last, move_dataset_to, set_channels_last
 from ..progress import progress_bar
+from ..resume import resumable
 from ..training import accuracy, predict_logits
 from ..utils import atomic_write_json, environment_info, package_version, resolve_device, stable_hash, state_dict_hash
 from .budget import apply_budget, budget_target
 from .config import BenchConfig, load_bench_config
 
 RECORD_FORMAT = 1
+PARTIAL_MAX_OVERHEAD = 0.01  # epoch checkpoints take at most ~1% of a training's time (see resume.resumable)
 ORIGINAL = "original"
 SPARSE_ORIGINAL_SUFFIX = "_sparse_original"
 
@@ -72,6 +79,7 @@ class RunSummary:
     computed: int = 0
     cached: int = 0
     errors: list[str] = dc_field(default_factory=list)
+    resumed: list[str] = dc_field(default_factory=list)  # the "resuming ..." lines of resumed trainings
     seconds: float = 0.0
 
     @property
@@ -266,12 +274,16 @@ class BenchRunner:
             return model, meta, key
         c = self.config
         t0 = time.perf_counter()
-        model, meta, _ = train_original(c.dataset, c.model, c.recipe_for(seed), seed=seed, device=str(self.device),
-                                        dataset_args=c.dataset_args, model_kwargs=c.model_kwargs, splits=self.splits,
-                                        init=c.init_record())
-        seconds = time.perf_counter() - t0
+        with self._resumable(key, f"original seed {seed}") as resume:
+            model, meta, _ = train_original(c.dataset, c.model, c.recipe_for(seed), seed=seed,
+                                            device=str(self.device), dataset_args=c.dataset_args,
+                                            model_kwargs=c.model_kwargs, splits=self.splits,
+                                            init=c.init_record())
+        seconds = time.perf_counter() - t0 + resume.seconds_before
         save_model(path, model, meta, {"seed": seed, "train_seconds": seconds, "bench_key": key,
-                                       "test_accuracy": accuracy(model, self.splits.test)})
+                                       "test_accuracy": accuracy(model, self.splits.test),
+                                       **self._resumed_meta(resume)})
+        resume.clear()
         self.summary.originals_trained += 1
         return model, read_meta(path), key
 
@@ -294,13 +306,17 @@ class BenchRunner:
             return model, result
         base, _ = load_checkpoint(self.cache / "originals" / original_key, num_classes=self.splits.num_classes,
                                   device=self.device)
-        result, forward_passes = counted_unlearn(base, data.retain, data.forget, "retrain", config=config,
-                                                 device=str(self.device), seed=seed,
-                                                 **method_options_for("retrain", original_meta))
+        with self._resumable(key, f"retrain oracle {scenario} seed {seed}") as resume:
+            result, forward_passes = counted_unlearn(base, data.retain, data.forget, "retrain", config=config,
+                                                     device=str(self.device), seed=seed,
+                                                     **method_options_for("retrain", original_meta))
+        result.seconds += resume.seconds_before  # the epochs trained before an interruption count too
         save_model(path, result.model, original_meta, {"oracle": {"scenario": scenario, "seed": seed,
                                                                   "start": retrain_start(original_meta)},
                                                       "result": result.to_dict(), "bench_key": key,
-                                                      "forward_passes": forward_passes})
+                                                      "forward_passes": forward_passes,
+                                                      **self._resumed_meta(resume)})
+        resume.clear()
         result.forward_passes = forward_passes
         self.summary.oracles_trained += 1
         return result.model, result
@@ -316,11 +332,29 @@ class BenchRunner:
         if not self.overwrite and _is_checkpoint(path):
             model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
             return model, meta["sparse_original"], key
-        model, pruning, facts = sparse_original(original, self.splits.train, config, seed=seed, device=str(self.device))
-        facts = {**facts, "pruning": pruning.to_dict()}
-        save_model(path, model, original_meta, {"sparse_original": facts, "bench_key": key})
+        with self._resumable(key, f"{method} sparse original seed {seed}") as resume:
+            model, pruning, facts = sparse_original(original, self.splits.train, config, seed=seed,
+                                                    device=str(self.device))
+        facts = {**facts, "seconds": facts["seconds"] + resume.seconds_before, "pruning": pruning.to_dict()}
+        save_model(path, model, original_meta, {"sparse_original": facts, "bench_key": key,
+                                                **self._resumed_meta(resume)})
+        resume.clear()
         self.summary.sparse_originals_trained += 1
         return model, facts, key
+
+    def _resumable(self, key: str, label: str):
+        """Epoch checkpoints of the training of the cache unit ``key`` (``--overwrite`` starts it afresh)."""
+        directory = self.cache / "partial" / key
+        if self.overwrite:
+            shutil.rmtree(directory, ignore_errors=True)
+        return resumable(directory, key=key, label=label, max_overhead=PARTIAL_MAX_OVERHEAD)
+
+    def _resumed_meta(self, resume) -> dict:
+        """What the checkpoint records of a resumed training (nothing for one trained in one go)."""
+        if not resume.resumed:
+            return {}
+        self.summary.resumed += [n for n in resume.notes if n.startswith("resuming ")]
+        return {"resumed": [{k: r[k] for k in ("slot", "epoch", "epochs")} for r in resume.resumed]}
 
     # -- records ----------------------------------------------------------------------------------
     def _cached(self, path: Path, fingerprint: str) -> dict | None:
@@ -411,6 +445,7 @@ class BenchRunner:
         for name in ("originals_trained", "oracles_trained", "sparse_originals_trained", "computed", "cached"):
             setattr(self.summary, name, getattr(self.summary, name) + getattr(part, name))
         self.summary.errors += [f"[{folder}] {e}" for e in part.errors]
+        self.summary.resumed += part.resumed
 
     def _scenario(self, bar, original, meta, okey, weights, scenario: str, seed: int) -> None:
         from ..methods import method_options
@@ -612,6 +647,7 @@ def run_benchmark(config: BenchConfig | str | Path | dict, out: str | Path, *, o
                      "seconds"):
             setattr(total, name, getattr(total, name) + getattr(part, name))
         total.errors += [f"[{label}] {e}" for e in part.errors]
+        total.resumed += part.resumed
     return total
 
 
