@@ -101,13 +101,16 @@ def _merged_weights(model, data, **options) -> tuple[dict[str, torch.Tensor], di
     return r.model.state_dict(), r.info
 
 
-@pytest.mark.parametrize("shift", ["mean_other", "fixed"])
-def test_rfa_cached_original_features_train_the_same_model(trained_cnn, class3, shift):
+@pytest.mark.parametrize("shift, budget_mb, cached", [("mean_other", 1024.0, ["retain", "forget"]),
+                                                      ("fixed", 1024.0, ["retain", "forget"]),
+                                                      ("mean_other", 0.5, ["forget"])])
+def test_rfa_cached_original_features_train_the_same_model(trained_cnn, class3, shift, budget_mb, cached):
     """The fast path (original features computed once, looked up by sample position; mean_other's forget term
-    from the norms only) trains the model the per-step no-grad forward trains, to float noise."""
-    fast, fast_info = _merged_weights(trained_cnn, class3, shift=shift)
+    from the norms only; or only the forget set cached) trains the model the per-step no-grad forward
+    trains, to float noise."""
+    fast, fast_info = _merged_weights(trained_cnn, class3, shift=shift, feature_cache_mb=budget_mb)
     slow, slow_info = _merged_weights(trained_cnn, class3, shift=shift, feature_cache_mb=0.0)
-    assert fast_info["rfa_cached_features"] == ["retain", "forget"] and slow_info["rfa_cached_features"] == []
+    assert fast_info["rfa_cached_features"] == cached and slow_info["rfa_cached_features"] == []
     moved = max(float((fast[k] - trained_cnn.state_dict()[k]).abs().max()) for k in fast)
     assert moved > 1e-3  # training happened, so equality below is not trivial
     for k in fast:
