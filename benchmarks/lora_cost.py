@@ -5,13 +5,20 @@ images, 10% of them the forget set), same batch size, one epoch each; every
 method runs in its own fresh process (``--inner``), so the peak memory of one
 does not leak into another's. Reported per method: the training epoch's
 seconds (``unlearn`` minus ``prepare``; the merge is included), the prepare
-seconds (adapter injection, pruning, RFA's class means), and the peak resident
-memory above what the process held before the method started (model, data and
-the imported libraries excluded).
+seconds (adapter injection, pruning, RFA's class means and cached original
+features), their sum, the ratios to finetune's and lora's epoch, and the peak
+resident memory (RSS of the process sampled every 10 ms, from ``/proc/self/statm``)
+above what it held just before the timed call (model, data, the imported
+libraries and a 32-sample warm-up excluded; torch's CPU allocations are in the
+RSS, unlike in ``tracemalloc``).
+
+A method may carry options: ``rfa_lora[feature_cache_mb=0]`` is rfa_lora without its
+feature cache (the per-step no-grad forward), in the same run.
 
     python benchmarks/lora_cost.py                        # both models, ~3 minutes on 1 thread
     python benchmarks/lora_cost.py --models resnet20 --n 512 --repeats 3 --set dropout=0.1
     python benchmarks/lora_cost.py --dropout-steps        # step time of LoRA dropout 0.0 vs 0.1
+    python benchmarks/lora_cost.py --methods "finetune,lora,rfa_lora,rfa_lora[feature_cache_mb=0]"
     python benchmarks/lora_cost.py --models resnet20 --dataset cifar10 --subset 2500 --scenario class:3 \
         --weights runs/pgu_cost/cifar102500-resnet20-e12-s0-original.safetensors   # real data, trained model
 
@@ -52,6 +59,13 @@ def real_data(dataset: str, subset: int | None, scenario: str):
     return data.retain, data.forget
 
 
+def split_method(spec: str) -> tuple[str, dict]:
+    """``"rfa_lora[feature_cache_mb=0;epochs=2]"`` -> ("rfa_lora", {"feature_cache_mb": 0, "epochs": 2})."""
+    name, _, rest = spec.partition("[")
+    items = [item for item in rest.rstrip("]").split(";") if item]
+    return name, {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)}
+
+
 def run_one(model_name: str, method: str, n: int, batch_size: int, threads: int, lora_options: dict,
             dataset: str | None = None, subset: int | None = None, scenario: str = "class:3",
             weights: str | None = None) -> dict:
@@ -71,13 +85,16 @@ def run_one(model_name: str, method: str, n: int, batch_size: int, threads: int,
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(weights))
-    options = dict(epochs=1, batch_size=batch_size, device="cpu", **(lora_options if method != "finetune" else {}))
+    spec = method
+    method, own_options = split_method(spec)
+    options = dict(epochs=1, batch_size=batch_size, device="cpu", **(lora_options if method != "finetune" else {}),
+                   **own_options)
     # warm-up on a few samples through the same code paths, so lazy initialisation is not timed
     uk.unlearn(model, Subset(retain, list(range(32))), forget, method, **options)
     before = _rss_bytes()
     with PeakMemory() as mem:
         r = uk.unlearn(model, retain, forget, method, **options)
-    return {"model": model_name, "method": method, "epoch_s": r.seconds - r.prepare_seconds,
+    return {"model": model_name, "method": spec, "epoch_s": r.seconds - r.prepare_seconds,
             "prepare_s": r.prepare_seconds, "peak_mb": (mem.cpu_bytes - before) / 2 ** 20,
             "trainable": r.trainable_params, "total": r.total_params, "sample_passes": r.sample_passes}
 
@@ -159,8 +176,8 @@ def main() -> None:
             else f"{args.n} random images 3x32x32 ({args.n // 10} forget)")
     print(f"{what}, batch {args.batch_size}, "
           f"{args.threads} torch thread(s), 1 epoch, median of {args.repeats} process(es) per method{shown}")
-    print(f"| model | method | epoch s | x finetune | prepare s | peak MB | trainable |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | method | epoch s | x finetune | x lora | prepare s | prepare + epoch s | peak MB | trainable |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     methods = args.methods.split(",")
     rows = []
     for model_name in args.models.split(","):
@@ -172,18 +189,24 @@ def main() -> None:
                                       *data_args, *[f"--set={item}" for item in args.set]],
                                      env=env, check=True, capture_output=True, text=True)
                 runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        base = statistics.median(r["epoch_s"] for r in runs["finetune"]) if "finetune" in runs else None
+        medians = {m: statistics.median(r["epoch_s"] for r in runs[m]) for m in methods}
+        base, lora = medians.get("finetune"), medians.get("lora")
         for method in methods:
             row = dict(runs[method][0])
             for key in ("epoch_s", "prepare_s", "peak_mb"):
                 row[key] = statistics.median(r[key] for r in runs[method])
-            ratio = f"{row['epoch_s'] / base:.2f}" if base else "-"
-            rows.append({**row, "vs_finetune": row["epoch_s"] / base if base else None})
-            print(f"| {model_name} | {method} | {row['epoch_s']:.2f} | {ratio} | {row['prepare_s']:.2f} | "
-                  f"{row['peak_mb']:.0f} | {row['trainable']:,} / {row['total']:,} |", flush=True)
+            row["vs_finetune"] = row["epoch_s"] / base if base else None
+            row["vs_lora"] = row["epoch_s"] / lora if lora else None
+            rows.append(row)
+            ratios = " | ".join(f"{row[k]:.2f}" if row[k] is not None else "-" for k in ("vs_finetune", "vs_lora"))
+            print(f"| {model_name} | {method} | {row['epoch_s']:.2f} | {ratios} | {row['prepare_s']:.2f} | "
+                  f"{row['epoch_s'] + row['prepare_s']:.2f} | {row['peak_mb']:.0f} | "
+                  f"{row['trainable']:,} / {row['total']:,} |", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:
+            json.dump([{**row, "conditions": what} for row in rows], f, indent=1)  # a list: pgu_cost.py reads it
+        os.replace(tmp, args.json)  # atomic
 
 
 if __name__ == "__main__":

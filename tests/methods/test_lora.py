@@ -242,3 +242,17 @@ def _mean_loss(model, data) -> float:
     with torch.no_grad():
         losses = [nn.functional.cross_entropy(model(x), y, reduction="sum") for x, y in iterate_batches(data, 256)]
     return float(sum(losses)) / len(data)
+
+
+def test_path_choice_narrow_convs_merged_wide_layers_low_rank():
+    """ResNet-20's convs (16-64 channels at rank 8) take the merged-weight path, which measured faster on CPU
+    than the two extra narrow adapter convs; a 512-channel conv and a 192-wide Linear keep the low-rank path."""
+    from unlearnkit.components.lora_adapters import LoraLayer
+
+    model = uk.create_model("resnet20", num_classes=10)
+    add_lora(model)
+    paths = {n: m.low_rank for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert paths and not any(paths.values())
+    wide = nn.Sequential(nn.Conv2d(512, 512, 3, padding=1), nn.Linear(192, 192), nn.Linear(192, 10))
+    add_lora(wide, rank=8)
+    assert wide[0].low_rank and wide[1].low_rank

@@ -94,3 +94,49 @@ def test_rfa_bad_inputs(trained_cnn, class3):
         uk.unlearn(trained_cnn, class3.retain, class3.forget, "rfa_lora", layers=("nope",))
     with pytest.raises(UnlearnkitError, match="needs a forget dataset"):
         uk.unlearn(trained_cnn, class3.retain, None, "rfa_lora")
+
+
+def _merged_weights(model, data, **options) -> tuple[dict[str, torch.Tensor], dict]:
+    r = uk.unlearn(model, data.retain, data.forget, "rfa_lora", epochs=1, batch_size=128, **options)
+    return r.model.state_dict(), r.info
+
+
+@pytest.mark.parametrize("shift, budget_mb, cached", [("mean_other", 1024.0, ["retain", "forget"]),
+                                                      ("fixed", 1024.0, ["retain", "forget"]),
+                                                      ("mean_other", 0.5, ["forget"])])
+def test_rfa_cached_original_features_train_the_same_model(trained_cnn, class3, shift, budget_mb, cached):
+    """The fast path (original features computed once, looked up by sample position; mean_other's forget term
+    from the norms only; or only the forget set cached) trains the model the per-step no-grad forward
+    trains, to float noise."""
+    fast, fast_info = _merged_weights(trained_cnn, class3, shift=shift, feature_cache_mb=budget_mb)
+    slow, slow_info = _merged_weights(trained_cnn, class3, shift=shift, feature_cache_mb=0.0)
+    assert fast_info["rfa_cached_features"] == cached and slow_info["rfa_cached_features"] == []
+    moved = max(float((fast[k] - trained_cnn.state_dict()[k]).abs().max()) for k in fast)
+    assert moved > 1e-3  # training happened, so equality below is not trivial
+    for k in fast:
+        torch.testing.assert_close(fast[k], slow[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_rfa_feature_cache_budget_and_augmentation(trained_cnn, class3):
+    """The forget set is cached first (mean_other: one norm per sample and layer); the retain set only within
+    the budget; augmentation changes a sample's features, so then nothing is cached."""
+    from unlearnkit.methods.rfa_lora import RfaLora
+
+    method = RfaLora(trained_cnn, uk.make_config("rfa_lora", feature_cache_mb=0.5))
+    method.prepare(class3.retain, class3.forget)
+    assert method.info["rfa_cached_features"] == ["forget"]  # 1214 retain images x 25 KB do not fit in 0.5 MB
+    assert method.forget_cache.norms_only and not method.forget_cache.features
+    augmented = RfaLora(trained_cnn, uk.make_config("rfa_lora", augment=True)).prepare(class3.retain, class3.forget)
+    assert augmented.info["rfa_cached_features"] == [] and augmented.retain_cache is None
+
+
+def test_rfa_mean_other_forget_difference_equals_residual_minus_target():
+    """(adapted - original) - (m_y - original) == adapted - m_y: the identity the norms-only forget cache uses."""
+    from unlearnkit.methods.rfa_lora import relative_sq, relative_sq_to, squared_norms
+
+    g = torch.Generator().manual_seed(0)
+    adapted, original = torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, 4, 3, 3, generator=g)
+    table, labels = torch.randn(10, 4, 3, 3, generator=g), torch.tensor([0, 3, 3, 9, 1, 2])
+    straightforward = relative_sq((adapted - original) - (table[labels] - original), original)
+    fast = relative_sq_to(adapted - table[labels], squared_norms(original))
+    torch.testing.assert_close(fast, straightforward, rtol=1e-5, atol=1e-7)

@@ -15,7 +15,16 @@ Every detail below is OURS (the paper does not fix them):
   conv/linear block's output (SmallCNN, MLP); else the input of the classifier
   head. ``layers=("layer2", "layer3")`` picks modules by name.
 - **Original features** come from the same network with the adapters disabled
-  (``LoraAdapter.disabled``), computed without gradients on the same batch.
+  (``LoraAdapter.disabled``), without gradients. The original is frozen and runs
+  in eval mode, so without augmentation a sample's original features are fixed:
+  they are computed once in ``prepare`` (in the pass that also builds the class
+  means) and looked up by sample position at every step, as long as they fit in
+  ``feature_cache_mb``; with ``shift="mean_other"`` the forget term needs only
+  each forget sample's feature norm (``r - t = adapted - m_y``), so the forget set
+  costs one number per sample and layer. Otherwise (augmentation, a dataset that
+  is not in memory, or too large a retain set) each step runs the extra no-grad
+  forward on the batch, as before. Same loss either way (float noise: the cached
+  features come from batches of 256).
 - **Mode**: the model runs in eval mode throughout (BatchNorm uses its running
   statistics and they are not updated), so "original feature" is exactly the
   input model's feature; LoRA dropout is therefore inactive.
@@ -49,15 +58,19 @@ Every detail below is OURS (the paper does not fix them):
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import Subset
 
 from ..config import Interval, NameList, Options, field
-from ..data.loading import iterate_batches
+from ..data.loading import iterate_batches, resolve_arrays
 from ..errors import UnlearnkitError
 from ..models.outputs import forward
 from ..models.registry import classifier_head
@@ -80,6 +93,8 @@ class RfaLoraConfig(LoraAdapterConfig):
     retain_weight: float = field(1.0, "Weight of the retain alignment term (residual -> 0).")
     forget_weight: float = field(1.0, "Weight of the forget alignment term (residual -> shift).")
     ce_weight: float = field(1.0, "Weight of the cross-entropy on retain batches (0 = alignment only).")
+    feature_cache_mb: float = field(
+        1024.0, "Memory for the original features, computed once before training (0 = recompute every step).")
 
     constraints = {
         "layers": [NameList("module names"), None],
@@ -88,6 +103,7 @@ class RfaLoraConfig(LoraAdapterConfig):
         "retain_weight": [Interval(float, 0, None, closed="left")],
         "forget_weight": [Interval(float, 0, None, closed="left")],
         "ce_weight": [Interval(float, 0, None, closed="left")],
+        "feature_cache_mb": [Interval(float, 0, None, closed="left")],
     }
 
 
@@ -156,9 +172,57 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(len(t), -1).float()
 
 
+def squared_norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample ||t_i||^2 (float32)."""
+    return (_flat(t) ** 2).sum(1)
+
+
+def relative_sq_to(diff: torch.Tensor, ref_sq_norms: torch.Tensor) -> torch.Tensor:
+    """mean_i ||diff_i||^2 / ref_sq_norms_i."""
+    return (squared_norms(diff) / (ref_sq_norms + 1e-8)).mean()
+
+
 def relative_sq(diff: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """mean_i ||diff_i||^2 / ||ref_i||^2 (per-sample relative squared distance)."""
-    return ((_flat(diff) ** 2).sum(1) / ((_flat(ref) ** 2).sum(1) + 1e-8)).mean()
+    return relative_sq_to(diff, squared_norms(ref))
+
+
+def position_labelled(dataset) -> tuple[Subset, torch.Tensor] | None:
+    """The same samples in the same order (and the same shuffles: same length, same generator calls), labelled
+    by their position in ``dataset`` instead of their class; plus the class labels by position. None when the
+    dataset is not in memory (an ``ArrayDataset`` or Subsets of one)."""
+    arrays = resolve_arrays(dataset)
+    if arrays is None:
+        return None
+    base, indices = arrays
+    view = copy.copy(base)  # shares the inputs
+    view.y = torch.zeros(len(base), dtype=torch.long)
+    view.y[indices] = torch.arange(len(indices))  # a repeated sample keeps one position: same features
+    return Subset(view, indices.tolist()), base.y[indices]
+
+
+@dataclass
+class OriginalFeatures:
+    """The original's features at the aligned layers for every sample of one dataset, by position: full
+    features, or (``norms_only``) just their squared norms, all the ``mean_other`` forget term needs."""
+
+    view: Subset  # the dataset, labelled by position
+    labels: torch.Tensor  # class labels by position (on the model's device)
+    norms_only: bool
+    features: dict[str, torch.Tensor] = dataclass_field(default_factory=dict)
+    sq_norms: dict[str, torch.Tensor] = dataclass_field(default_factory=dict)
+
+    def fill(self, start: int, feats: dict[str, torch.Tensor]) -> None:
+        for name, f in feats.items():
+            n = len(f)
+            if name not in self.sq_norms:
+                total = len(self.labels)
+                self.sq_norms[name] = torch.empty(total, device=f.device)
+                if not self.norms_only:
+                    self.features[name] = torch.empty((total,) + tuple(f.shape[1:]), dtype=f.dtype, device=f.device)
+            self.sq_norms[name][start:start + n] = squared_norms(f)
+            if not self.norms_only:
+                self.features[name][start:start + n] = f
 
 
 @register_method("rfa_lora", config=RfaLoraConfig,
@@ -172,33 +236,84 @@ class RfaLora(LoraMethod):
         self._add_adapter(model)
         self.info["rfa_layers"] = list(self.aligned)
         self.info["rfa_shift"] = c.shift
-        if c.shift == "mean_other":
-            self.other_means = self._other_class_means(model, retain)
-        else:
-            self.directions = None  # drawn lazily from the first batch's shapes
-
-    @torch.no_grad()
-    def _other_class_means(self, model, retain) -> dict[str, torch.Tensor]:
-        """Per aligned layer, a (num_classes, *feature) table: row y = the average of the per-class mean
-        original features over the retain set of every class other than y."""
-        tap = FeatureTap(model, self.aligned)
-        sums: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.aligned}
-        counts: dict[int, int] = {}
+        self.directions = None  # shift="fixed": drawn at the first step, from the method's generator
         model.eval()
+        self.feature_shapes = self._feature_shapes(model, retain)
+        self.retain_cache, self.forget_cache = self._plan_caches(retain, forget)
+        self.other_means = self._retain_pass(model, retain)
+        if self.forget_cache is not None:
+            self._fill(model, forget, self.forget_cache)
+
+    def _original_batches(self, model, dataset, batch_size: int = 256):
+        """(labels, original features by layer) for ``dataset`` in order, without gradients."""
+        tap = FeatureTap(model, self.aligned)
         device = next(model.parameters()).device
         try:
-            with self.adapter.disabled():
-                for x, y in iterate_batches(retain, 256, device=device):
+            with torch.no_grad(), self.adapter.disabled():
+                for x, y in iterate_batches(dataset, batch_size, device=device):
                     forward(model, x)
-                    feats = tap.take()
-                    for k in y.unique().tolist():
-                        sel = y == k
-                        counts[k] = counts.get(k, 0) + int(sel.sum())
-                        for n in self.aligned:
-                            s = feats[n][sel].float().sum(0)
-                            sums[n][k] = sums[n][k] + s if k in sums[n] else s
+                    yield y, tap.take()
         finally:
             tap.remove()
+
+    def _feature_shapes(self, model, retain) -> dict[str, tuple[int, ...]]:
+        one = Subset(retain, [0])
+        _, feats = next(iter(self._original_batches(model, one, 1)))
+        return {n: tuple(f.shape[1:]) for n, f in feats.items()}
+
+    def _plan_caches(self, retain, forget) -> tuple[OriginalFeatures | None, OriginalFeatures | None]:
+        """Which original features are computed once: the forget set's first (each epoch cycles through it
+        several times), then the retain set's, within ``feature_cache_mb``. None with augmentation (a
+        sample's features then change from epoch to epoch) or a dataset that is not in memory."""
+        c = self.config
+        device = next(self.adapter.model.parameters()).device
+        sample_bytes = sum(math.prod(s) for s in self.feature_shapes.values()) * 4
+        norms_bytes = 4 * len(self.aligned)
+        budget, used, caches = c.feature_cache_mb * 2 ** 20, 0.0, {}
+        for what, data, norms_only in (("forget", forget, c.shift == "mean_other"), ("retain", retain, False)):
+            view = None if c.augment or budget == 0 else position_labelled(data)
+            need = len(data) * (norms_bytes if norms_only else sample_bytes + norms_bytes)
+            if view is None or used + need > budget:
+                caches[what] = None
+                continue
+            used += need
+            caches[what] = OriginalFeatures(view[0], view[1].to(device), norms_only)
+        self.info["rfa_cached_features"] = [w for w in ("retain", "forget") if caches[w] is not None]
+        self.info["rfa_feature_cache_mb"] = round(used / 2 ** 20, 1)
+        return caches["retain"], caches["forget"]
+
+    def _fill(self, model, dataset, cache: OriginalFeatures) -> None:
+        start = 0
+        for y, feats in self._original_batches(model, dataset):
+            cache.fill(start, feats)
+            start += len(y)
+
+    def _retain_pass(self, model, retain) -> dict[str, torch.Tensor] | None:
+        """One pass over the retain set: fills the retain cache and (``mean_other``) returns, per aligned layer,
+        a (num_classes, *feature) table whose row y is the average of the per-class mean original features of
+        every class other than y."""
+        mean_other = self.config.shift == "mean_other"
+        if not mean_other and self.retain_cache is None:
+            return None
+        sums: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.aligned}
+        counts: dict[int, int] = {}
+        start = 0
+        for y, feats in self._original_batches(model, retain):
+            if self.retain_cache is not None:
+                self.retain_cache.fill(start, feats)
+            start += len(y)
+            if not mean_other:
+                continue
+            for k in y.unique().tolist():
+                sel = y == k
+                counts[k] = counts.get(k, 0) + int(sel.sum())
+                for n in self.aligned:
+                    s = feats[n][sel].float().sum(0)
+                    sums[n][k] = sums[n][k] + s if k in sums[n] else s
+        return self._other_class_table(sums, counts, model) if mean_other else None
+
+    @staticmethod
+    def _other_class_table(sums, counts, model) -> dict[str, torch.Tensor]:
         num_classes = classifier_head(model)[1].out_features
         out = {}
         for n, per in sums.items():
@@ -213,62 +328,73 @@ class RfaLora(LoraMethod):
             out[n] = torch.stack(rows)
         return out
 
-    def _targets(self, name: str, original: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The residual each forget sample should get at layer ``name``."""
+    def _forget_diff(self, name: str, adapted: torch.Tensor, original: torch.Tensor | None,
+                     sq_norms: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """residual - target residual = adapted - (original + target), which the forget term drives to zero.
+        ``mean_other``: original + (m_y - original) = m_y, so the original is not needed, only its norm."""
         c = self.config
-        if c.shift == "fixed":
-            d = self.directions[name].to(original.device)
-            norms = _flat(original).norm(dim=1).view(-1, *([1] * (original.dim() - 1)))
-            return c.shift_scale * norms * d
-        table = self.other_means[name].to(original.device)  # (num_classes, *feature)
-        return table[labels].to(original.dtype) - original
+        if c.shift == "mean_other":
+            return adapted - self.other_means[name].to(adapted.device)[labels].to(adapted.dtype)
+        d = self.directions[name].to(adapted.device)
+        norms = sq_norms.sqrt().view(-1, *([1] * (adapted.dim() - 1))).to(adapted.dtype)
+        return adapted - original - c.shift_scale * norms * d
 
-    def _draw_directions(self, features: dict[str, torch.Tensor]) -> None:
+    def _draw_directions(self) -> None:
         self.directions = {}
         for name in self.aligned:
-            shape = features[name].shape[1:]
-            d = torch.randn(shape, generator=self.generator)
-            self.directions[name] = (d / d.norm()).to(features[name].device)
+            d = torch.randn(self.feature_shapes[name], generator=self.generator)
+            self.directions[name] = d / d.norm()
 
     def _unlearn(self, model, retain, forget):
         c = self.config
-        adapter = self.adapter
-        tap = FeatureTap(model, self.aligned)
+        adapter, aligned = self.adapter, self.aligned
+        retain_cache, forget_cache = self.retain_cache, self.forget_cache
+        tap = FeatureTap(model, aligned)
         device = next(model.parameters()).device
-        batches = cycle_batches(forget, c.batch_size, self.generator, device)
+        forget_data = forget if forget_cache is None else forget_cache.view
+        batches = cycle_batches(forget_data, c.batch_size, self.generator, device)
         counter = self.counter
-        aligned = self.aligned
 
-        def features(m, x, adapted: bool):
-            if adapted:
-                logits = forward(m, x)
-                return logits, tap.take()
+        def original(x) -> dict[str, torch.Tensor]:
             with torch.no_grad(), adapter.disabled():
-                forward(m, x)
-                return None, {k: v.detach() for k, v in tap.take().items()}
+                forward(model, x)
+                return {k: v.detach() for k, v in tap.take().items()}
 
         def step(m, x, y):
             xf, yf = next(batches)
             counter.sample_passes += len(xf)
-            logits, adapted = features(m, torch.cat([x, xf]), True)
-            _, original = features(m, torch.cat([x, xf]), False)
-            if c.shift == "fixed" and self.directions is None:
-                self._draw_directions(original)
+            if self.directions is None and c.shift == "fixed":
+                self._draw_directions()
+            logits = forward(m, torch.cat([x, xf]))
+            adapted = tap.take()
             n = len(x)
-            retain_term = sum(relative_sq(adapted[k][:n] - original[k][:n], original[k][:n]) for k in aligned)
-            forget_term = 0.0
-            for k in aligned:
-                residual = adapted[k][n:] - original[k][n:]
-                target = self._targets(k, original[k][n:], yf)
-                forget_term = forget_term + relative_sq(residual - target, original[k][n:])
+            fresh = [part for part, cache in ((x, retain_cache), (xf, forget_cache)) if cache is None]
+            computed = original(torch.cat(fresh)) if fresh else {}
+            if retain_cache is None:
+                orig_r = {k: v[:n] for k, v in computed.items()}
+                computed = {k: v[n:] for k, v in computed.items()}
+            else:
+                pos, y = y, retain_cache.labels[y]
+                orig_r = {k: retain_cache.features[k][pos] for k in aligned}
+            if forget_cache is None:
+                orig_f, sq_f = computed, {k: squared_norms(v) for k, v in computed.items()}
+            else:
+                pos_f, yf = yf, forget_cache.labels[yf]
+                orig_f = {k: forget_cache.features[k][pos_f] for k in forget_cache.features}
+                sq_f = {k: forget_cache.sq_norms[k][pos_f] for k in aligned}
+            retain_term = sum(relative_sq(adapted[k][:n] - orig_r[k], orig_r[k]) for k in aligned)
+            forget_term = sum(relative_sq_to(self._forget_diff(k, adapted[k][n:], orig_f.get(k), sq_f[k], yf), sq_f[k])
+                              for k in aligned)
             loss = (c.retain_weight * retain_term + c.forget_weight * forget_term) / len(aligned)
             if c.ce_weight > 0:
                 loss = loss + c.ce_weight * F.cross_entropy(logits[:n], y)
             return loss
 
+        retain_data = retain if retain_cache is None else retain_cache.view
         try:
-            self.train_epochs(model, retain, step, mask=self.param_mask, train_mode=False)
+            self.train_epochs(model, retain_data, step, mask=self.param_mask, train_mode=False)
         finally:
             tap.remove()
             adapter.remove_hooks()
+            self.retain_cache = self.forget_cache = None
         return self._merge()
