@@ -92,7 +92,7 @@ class PGUConfig(MethodConfig):
                                               "(None: original accuracy on check_data if given).")
     max_retain_drop: float = field(5.0, "Retain guard: when estimated retain accuracy dropped by more than this "
                                         "(points), roll back to the last check within it and stop.")
-    check_every: int = field(5, "Steps between stopping checks.")
+    check_every: int = field(20, "Steps between stopping checks.")
     check_samples: int = field(256, "Fixed forget and retain (or check_data) samples the stopping checks use.")
     gram_batch_size: int = field(128, "Batch size of the no-grad Gram passes.")
     gram_samples: int | None = field(gram.DEFAULT_MAX_SAMPLES, "Without cache: samples the Grams hold (None: all).")
