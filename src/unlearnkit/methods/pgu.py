@@ -23,14 +23,19 @@ Our choices (measured in docs/methods/pgu.md, "Choosing the request defaults"):
   (``freeze_input_layers``): on raw pixel patches the forget data has no directions of its own.
 * Budget: at most ``max_epochs`` (5) passes over the forget set (and ``max_steps`` if set), in
   batches of 8 (the reference: 100 of a 5,000-image class, i.e. 50 steps per pass).
-* Stopping, checked every ``check_every`` (5) steps and after the last step, on fixed
+* Relative LR (``lr_scale="weight_norm"``): ``lr`` is a fraction of the trainable weights' norm; the
+  absolute LR is set once, at the first step, to ``lr * |W| / |projected g|`` (plain SGD after that).
+  Plain SGD's LR has no scale of its own: ResNet-20's projected gradient is 10x smaller relative to
+  its weights than the digits models' (``lr_scale="none"`` is the reference's absolute LR).
+* Stopping, checked every ``check_every`` (20) steps and after the last step, on fixed
   samples of ``check_samples`` (256) images: forget accuracy on a sample of D_f; retain
   accuracy on a sample of the retain set if one is given, else of the held-out
   ``check_data`` (``PGU(..., check_data=...)``), else no retain guard. Class forgetting
   (``forgetting="auto"`` detects it when D_f holds every remaining sample of its classes)
   stops when forget accuracy <= ``class_target``; sample forgetting when forget accuracy
   <= ``sample_target``, or, when that is None and ``check_data`` is given, <= the original
-  model's accuracy on it. The retain guard is measured at every check, also the one that
+  model's accuracy on it, keeping whichever of the last two checks is closer to it (the reference's
+  rule). The retain guard is measured at every check, also the one that
   meets the forget target: when the estimate dropped by more than ``max_retain_drop``
   points, the weights roll back to the last check within it and the run stops.
 * Without ``cache``, the Gram is computed from a sample of retain + forget in ``prepare``
@@ -72,7 +77,7 @@ class PGUConfig(MethodConfig):
                                 "the singular values (square roots of the Gram's eigenvalues) is <= tau.")
     freeze_input_layers: bool = field(True, "Leave the layers fed the model's input itself (first conv, patch "
                                             "embedding) unchanged (ours; the reference projects them too).")
-    lr_scale: Literal["weight_norm", "per_step", "none"] = field(
+    lr_scale: Literal["weight_norm", "none"] = field(
         "weight_norm", "weight_norm: lr is relative, the first step moves the trainable weights by lr x their norm "
                        "(the LR is set once from that step's projected gradient, then plain SGD); none: lr is the "
                        "plain SGD learning rate (the reference).")
@@ -106,7 +111,7 @@ class PGUConfig(MethodConfig):
         "update_cache": [bool],
         "energy": [Interval(float, 0, 1, closed="right")],
         "freeze_input_layers": [bool],
-        "lr_scale": [Options("weight_norm", "per_step", "none")],
+        "lr_scale": [Options("weight_norm", "none")],
         "lr": [Interval(float, 0, None, closed="neither")],
         "lr_end": [Interval(float, 0, None, closed="neither")],
         "batch_size": [Interval(int, 1, None)],
@@ -315,7 +320,7 @@ class PGU(Method):
                             g = g.add(w, alpha=c.weight_decay)
                         grads[name] = gram.project_(g, bases[name])
                         w.grad = None
-                    if c.lr_scale != "none" and (lr_unit is None or c.lr_scale == "per_step"):
+                    if lr_unit is None:
                         grad_norm = _norm(grads.values())
                         lr_unit = weight_norm / grad_norm if grad_norm > 0 else None
                         self.info.setdefault("lr_unit", lr_unit)
