@@ -23,14 +23,19 @@ Our choices (measured in docs/methods/pgu.md, "Choosing the request defaults"):
   (``freeze_input_layers``): on raw pixel patches the forget data has no directions of its own.
 * Budget: at most ``max_epochs`` (5) passes over the forget set (and ``max_steps`` if set), in
   batches of 8 (the reference: 100 of a 5,000-image class, i.e. 50 steps per pass).
-* Stopping, checked every ``check_every`` (5) steps and after the last step, on fixed
+* Relative LR (``lr_scale="weight_norm"``): ``lr`` is a fraction of the trainable weights' norm; the
+  absolute LR is set once, at the first step, to ``lr * |W| / |projected g|`` (plain SGD after that).
+  Plain SGD's LR has no scale of its own: ResNet-20's projected gradient is 10x smaller relative to
+  its weights than the digits models' (``lr_scale="none"`` is the reference's absolute LR).
+* Stopping, checked every ``check_every`` (20) steps and after the last step, on fixed
   samples of ``check_samples`` (256) images: forget accuracy on a sample of D_f; retain
   accuracy on a sample of the retain set if one is given, else of the held-out
   ``check_data`` (``PGU(..., check_data=...)``), else no retain guard. Class forgetting
   (``forgetting="auto"`` detects it when D_f holds every remaining sample of its classes)
   stops when forget accuracy <= ``class_target``; sample forgetting when forget accuracy
   <= ``sample_target``, or, when that is None and ``check_data`` is given, <= the original
-  model's accuracy on it. The retain guard is measured at every check, also the one that
+  model's accuracy on it, keeping whichever of the last two checks is closer to it (the reference's
+  rule). The retain guard is measured at every check, also the one that
   meets the forget target: when the estimate dropped by more than ``max_retain_drop``
   points, the weights roll back to the last check within it and the run stops.
 * Without ``cache``, the Gram is computed from a sample of retain + forget in ``prepare``
@@ -72,8 +77,14 @@ class PGUConfig(MethodConfig):
                                 "the singular values (square roots of the Gram's eigenvalues) is <= tau.")
     freeze_input_layers: bool = field(True, "Leave the layers fed the model's input itself (first conv, patch "
                                             "embedding) unchanged (ours; the reference projects them too).")
-    lr: float = field(0.5, "Initial learning rate (plain SGD; the reference: 0.05 over up to 100 passes).")
-    lr_end: float = field(0.1, "Final learning rate (exponential decay over the step budget; the reference: 0.01).")
+    lr_scale: Literal["weight_norm", "none"] = field(
+        "weight_norm", "weight_norm: lr is relative, the first step moves the trainable weights by lr x their norm "
+                       "(the LR is set once from that step's projected gradient, then plain SGD); none: lr is the "
+                       "plain SGD learning rate (the reference).")
+    lr: float = field(0.013, "Initial learning rate (relative with lr_scale=weight_norm; the reference, absolute: "
+                             "0.05 over up to 100 passes).")
+    lr_end: float = field(0.0026, "Final learning rate, same unit as lr (exponential decay over the step budget; "
+                                  "the reference: 0.01).")
     batch_size: int = field(8, "Forget-set batch size (small: a 5-pass budget on a small forget set needs steps).")
     max_epochs: int = field(5, "At most this many passes over the forget set.")
     max_steps: int | None = field(None, "Optional step cap below max_epochs' (None: none).")
@@ -86,7 +97,7 @@ class PGUConfig(MethodConfig):
                                               "(None: original accuracy on check_data if given).")
     max_retain_drop: float = field(5.0, "Retain guard: when estimated retain accuracy dropped by more than this "
                                         "(points), roll back to the last check within it and stop.")
-    check_every: int = field(5, "Steps between stopping checks.")
+    check_every: int = field(20, "Steps between stopping checks.")
     check_samples: int = field(256, "Fixed forget and retain (or check_data) samples the stopping checks use.")
     gram_batch_size: int = field(128, "Batch size of the no-grad Gram passes.")
     gram_samples: int | None = field(gram.DEFAULT_MAX_SAMPLES, "Without cache: samples the Grams hold (None: all).")
@@ -100,6 +111,7 @@ class PGUConfig(MethodConfig):
         "update_cache": [bool],
         "energy": [Interval(float, 0, 1, closed="right")],
         "freeze_input_layers": [bool],
+        "lr_scale": [Options("weight_norm", "none")],
         "lr": [Interval(float, 0, None, closed="neither")],
         "lr_end": [Interval(float, 0, None, closed="neither")],
         "batch_size": [Interval(int, 1, None)],
@@ -120,6 +132,10 @@ class PGUConfig(MethodConfig):
         "max_dense_features": [Interval(int, 1, None)],
         "lowrank_rank": [Interval(int, 1, None)],
     }
+
+
+def _norm(tensors) -> float:
+    return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in tensors))
 
 
 def forget_loss(logits: torch.Tensor, y: torch.Tensor, eps: float, entropy_weight: float) -> torch.Tensor:
@@ -215,7 +231,7 @@ class PGU(Method):
         self.info.update(forgetting=kind, forget_acc_target=target, check_set=self._check_kind,
                          check_acc_before=self._check_ref)
 
-        self._train(model, forget, bases, target)
+        self._train(model, forget, bases, target, kind)
 
         if c.update_cache:
             cache.commit(self._forget_ids, f_grams, f_traces, model_after=state_dict_hash(model),
@@ -227,7 +243,8 @@ class PGU(Method):
         x, _ = next(iter(iterate_batches(forget, 1, device=self.device)))
         return gram.input_layers(model, x)
 
-    def _train(self, model: nn.Module, forget: Dataset, bases: dict[str, torch.Tensor], target: float | None):
+    def _train(self, model: nn.Module, forget: Dataset, bases: dict[str, torch.Tensor], target: float | None,
+               kind: str):
         c = self.config
         layers = gram.target_layers(model)
         weights = {n: m.weight for n, m in layers.items() if n not in self._frozen}
@@ -243,26 +260,44 @@ class PGU(Method):
         history: list[float] = []
         self.info.update(forget_acc_history=history, check_forward_samples=0)
         good = {"step": 0, "weights": {n: w.detach().clone() for n, w in weights.items()}}
+        last: dict = {}  # sample forgetting: the previous check's state
+        weight_norm = _norm(weights.values())
+        lr_unit = None if c.lr_scale != "none" else 1.0  # absolute LR per unit of c.lr; set at the first step
+
+        def restore(saved: dict) -> None:
+            with torch.no_grad():
+                for n, w in weights.items():
+                    w.copy_(saved["weights"][n])
 
         def check(step: int) -> str | None:
             """Forget target and retain guard, both measured at every check on their fixed samples."""
             acc = accuracy(model, self._forget_check)
             history.append(round(acc, 3))
             self.info["check_forward_samples"] += len(self._forget_check)
+            now = None
             if self._check_set is not None:
                 now = accuracy(model, self._check_set)
                 self.info["check_forward_samples"] += len(self._check_set)
                 if self._check_ref - now > c.max_retain_drop:
-                    with torch.no_grad():
-                        for n, w in weights.items():
-                            w.copy_(good["weights"][n])
+                    restore(good)
                     self.info["check_acc_after"] = good["acc"] if "acc" in good else self._check_ref
                     return (f"{self._check_kind} accuracy dropped {self._check_ref - now:.2f} points at step {step}; "
                             f"rolled back to step {good['step']}")
                 self.info["check_acc_after"] = now
                 good.update(step=step, acc=now, weights={n: w.detach().clone() for n, w in weights.items()})
             if target is not None and acc <= target:
-                return f"forget accuracy {acc:.2f}% <= target {target:.2f}%"
+                reason = f"forget accuracy {acc:.2f}% <= target {target:.2f}%"
+                # sample forgetting overshoots the held-out target between checks: keep whichever of the last
+                # two checks is closer to it (the reference's rule, its unlearn.py)
+                if kind == "sample" and last and abs(last["forget_acc"] - target) < target - acc:
+                    restore(last)
+                    if now is not None:
+                        self.info["check_acc_after"] = last["acc"]
+                    reason += f"; step {last['step']} ({last['forget_acc']:.2f}%) was closer: kept"
+                return reason
+            if kind == "sample":
+                last.update(step=step, forget_acc=acc, acc=now,
+                            weights={n: w.detach().clone() for n, w in weights.items()})
             return None
 
         reason, step = check(0), 0
@@ -276,15 +311,22 @@ class PGU(Method):
                     w.grad = None
                 loss.backward()
                 with torch.no_grad():
+                    grads = {}
                     for name, w in weights.items():
                         if w.grad is None:
                             continue
                         g = w.grad
                         if c.weight_decay:
                             g = g.add(w, alpha=c.weight_decay)
-                        gram.project_(g, bases[name])
-                        w.add_(g, alpha=-lr)
+                        grads[name] = gram.project_(g, bases[name])
                         w.grad = None
+                    if lr_unit is None:
+                        grad_norm = _norm(grads.values())
+                        lr_unit = weight_norm / grad_norm if grad_norm > 0 else None
+                        self.info.setdefault("lr_unit", lr_unit)
+                    if lr_unit is not None:
+                        for name, g in grads.items():
+                            weights[name].add_(g, alpha=-lr * lr_unit)
                 step += 1
                 self.counter.steps += 1
                 self.counter.sample_passes += len(x)
