@@ -24,6 +24,15 @@ TINY_MODELS = {
 }
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models train ~15x faster on one thread than on two busy cores (the resume tests use it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits():
     return uk.load_dataset("digits")

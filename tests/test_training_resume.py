@@ -18,13 +18,7 @@ from unlearnkit.training import Counter, fit, make_optimizer
 EPOCHS, BATCH = 4, 64  # digits' 1,347 training images: 22 steps an epoch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A model this small trains ~15x faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyNet(nn.Module):
