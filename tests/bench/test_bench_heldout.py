@@ -52,3 +52,13 @@ def test_pgu_stops_on_the_originals_heldout_accuracy(tmp_path):
     original, _ = load_checkpoint(path, num_classes=10)
     assert info["forgetting"] == "sample"
     assert info["forget_acc_target"] == pytest.approx(accuracy(original, runner.heldout))  # None without held-out
+
+
+def test_a_bench_original_with_heldout_and_test_subset_loads_in_eval(tmp_path, capsys):
+    """Its checkpoint records the dataset as loaded (before the carving), so `unlearnkit eval` accepts it."""
+    from unlearnkit.cli import main
+
+    summary = run_benchmark({**CONFIG, "methods": {"retrain": {}}}, tmp_path)
+    assert not summary.errors, summary.errors
+    (path,) = (tmp_path / "cache" / "originals").iterdir()
+    assert main(["eval", "-c", str(path), "-f", "class:3", "-q"]) == 0, capsys.readouterr().err

@@ -226,6 +226,7 @@ class BenchRunner:
         self.summary = RunSummary(self.out)
         self._splits = None
         self._heldout = None
+        self._loaded_fingerprint = None
 
     def rows(self, scenario: str) -> dict[str, tuple[str, dict]]:
         """Label -> (method, overrides) of the runs on ``scenario``: the config's methods, unless the runner
@@ -245,8 +246,10 @@ class BenchRunner:
     def splits(self):
         if self._splits is None:
             from ..data import load_dataset
+            from ..workflow import dataset_fingerprint
 
             splits = load_dataset(self.config.dataset, root=self.config.data_root, **self.config.dataset_args)
+            self._loaded_fingerprint = dataset_fingerprint(splits)
             if self.config.heldout:  # carved first, so TA's images (and test_subset's) never include it
                 if self.config.heldout >= len(splits.test):
                     raise UnlearnkitError(f"heldout: {self.config.heldout} images asked for, but the test set has "
@@ -280,6 +283,9 @@ class BenchRunner:
                                             model_kwargs=c.model_kwargs, splits=self.splits,
                                             init=c.init_record())
         seconds = time.perf_counter() - t0 + resume.seconds_before
+        # the dataset as `unlearnkit eval` and `forget` load it from the checkpoint's record, before the
+        # benchmark set its held-out images and test subset apart (it trains on the same training set)
+        meta = {**meta, "dataset": {**meta["dataset"], "fingerprint": self._loaded_fingerprint}}
         save_model(path, model, meta, {"seed": seed, "train_seconds": seconds, "bench_key": key,
                                        "test_accuracy": accuracy(model, self.splits.test),
                                        **self._resumed_meta(resume)})
@@ -441,6 +447,7 @@ class BenchRunner:
         sub = BenchRunner(config, self.out / folder, overwrite=self.overwrite, device=str(self.device),
                           cache_dir=self.cache, on_result=self.on_result, rows=rows)
         sub._splits, sub._heldout = self._splits, self._heldout  # the same data, loaded once
+        sub._loaded_fingerprint = self._loaded_fingerprint
         part = sub._run_suite()
         for name in ("originals_trained", "oracles_trained", "sparse_originals_trained", "computed", "cached"):
             setattr(self.summary, name, getattr(self.summary, name) + getattr(part, name))
