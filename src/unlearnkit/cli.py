@@ -187,9 +187,7 @@ def train(
     seed: int = SeedOpt, device: str = DeviceOpt, quiet: bool = QuietOpt,
 ):
     """Train an original model and save it as a checkpoint."""
-    from .resume import resumable
     from .training import Recipe, accuracy
-    from .utils import package_version, stable_hash
     from .workflow import check_output_dir, parse_model_args, save_model, train_original
 
     _setup(quiet)
@@ -207,16 +205,10 @@ def train(
 
         start = init_record({"weights": init, "reset_head": not keep_head}, dataset=dataset,
                             dataset_args=dataset_args, model=model, model_kwargs=model_kwargs)
-    if resume_dir is not None:
-        _check_resume_dir(resume_dir, target)
-        _on_interrupt(lambda: f"the last completed epoch is kept in {resume_dir}; the same command resumes from it"
-                      if any(resume_dir.glob("fit*.pt")) else "nothing was written")
-    key = stable_hash({"dataset": dataset, "dataset_args": dataset_args, "model": model, "model_kwargs": model_kwargs,
-                       "recipe": recipe.replace(seed=seed).key_dict(), "data_root": data_root,
-                       "init": None if start is None else {"sha256": start["sha256"], "reset_head": start["reset_head"]},
-                       "version": package_version()})
-    checkpoints = resumable(resume_dir, key=key, label=f"train {model}", max_overhead=0.01) if resume_dir else None
-    with checkpoints or contextlib.nullcontext() as resume:
+    training = {"dataset": dataset, "dataset_args": dataset_args, "model": model, "model_kwargs": model_kwargs,
+                "recipe": recipe.replace(seed=seed).key_dict(), "data_root": data_root,
+                "init": None if start is None else {"sha256": start["sha256"], "reset_head": start["reset_head"]}}
+    with _epoch_checkpoints(resume_dir, target, training, f"train {model}") as resume:
         net, meta, splits = train_original(dataset, model, recipe, seed=seed, device=device, data_root=data_root,
                                            dataset_args=dataset_args, model_kwargs=model_kwargs, init=start)
 
@@ -227,6 +219,20 @@ def train(
     if resume is not None:
         resume.clear()
     console.print(f"trained {model} on {dataset}: test accuracy {test_acc:.2f}% -> {out}", markup=False)
+
+
+def _epoch_checkpoints(resume_dir: Path | None, out: Path, training: dict, label: str):
+    """``--resume-dir``: epoch checkpoints keyed by what determines ``training`` (a no-op context without it)."""
+    if resume_dir is None:
+        return contextlib.nullcontext()
+    from .resume import resumable
+    from .utils import package_version, stable_hash
+
+    _check_resume_dir(resume_dir, out)
+    _on_interrupt(lambda: f"the last completed epoch is kept in {resume_dir}; the same command resumes from it"
+                  if any(resume_dir.glob("fit*.pt")) else "nothing was written")
+    key = stable_hash({**training, "version": package_version()})
+    return resumable(resume_dir, key=key, label=label, max_overhead=0.01)
 
 
 def _check_resume_dir(resume_dir: Path, out: Path) -> None:
@@ -263,9 +269,7 @@ def pretrain(
 ):
     """Pretrain a backbone on the training images outside a benchmark's subset (a benchmark's `init`)."""
     from .pretraining import PRETRAIN_RECIPE, is_pretrain_file, pretrain as run_pretrain, save_pretrained, sidecar_path
-    from .resume import resumable
     from .training import Recipe
-    from .utils import package_version, stable_hash
     from .workflow import check_output_file, parse_model_args
 
     _setup(quiet)
@@ -280,17 +284,10 @@ def pretrain(
                   schedule=schedule, augment=augment)
     recipe = Recipe(**{**PRETRAIN_RECIPE, **{k: v for k, v in values.items() if v is not None}})
     model_kwargs = parse_model_args(model_arg)
-    checkpoints = None
-    if resume_dir is not None:
-        _check_resume_dir(resume_dir, target)
-        _on_interrupt(lambda: f"the last completed epoch is kept in {resume_dir}; the same command resumes from it"
-                      if any(resume_dir.glob("fit*.pt")) else "nothing was written")
-        key = stable_hash({"command": "pretrain", "dataset": dataset, "model": model, "model_kwargs": model_kwargs,
-                           "exclude_subset": exclude_subset, "subset_seed": subset_seed,
-                           "recipe": recipe.replace(seed=seed).key_dict(), "data_root": data_root,
-                           "version": package_version()})
-        checkpoints = resumable(resume_dir, key=key, label=f"pretrain {model}", max_overhead=0.01)
-    with checkpoints or contextlib.nullcontext() as resume:
+    training = {"command": "pretrain", "dataset": dataset, "model": model, "model_kwargs": model_kwargs,
+                "exclude_subset": exclude_subset, "subset_seed": subset_seed,
+                "recipe": recipe.replace(seed=seed).key_dict(), "data_root": data_root}
+    with _epoch_checkpoints(resume_dir, target, training, f"pretrain {model}") as resume:
         net, provenance = run_pretrain(dataset, model, recipe, exclude_subset=exclude_subset, subset_seed=subset_seed,
                                        seed=seed, device=device, data_root=data_root, model_kwargs=model_kwargs)
     if resume is not None:  # the epochs trained before an interruption count too
