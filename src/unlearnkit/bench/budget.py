@@ -40,13 +40,19 @@ def _scrub(c, n_r, n_f):  # a min-phase over D_r per epoch, a max-phase over D_f
     return "epochs", n_r, c.max_epochs * n_f
 
 
+def _rfa_lora(c, n_r, n_f):  # each retain batch is joined by a forget batch (forget_batch_size)
+    from ..methods.rfa_lora import forget_passes_per_epoch
+
+    return "epochs", n_r + forget_passes_per_epoch(c, n_r, n_f), 0
+
+
 PLANS: dict[str, PlanFn] = {
     "finetune": _retain_epochs, "retrain": _retain_epochs, "l1_sparse": _retain_epochs,
     "prune_finetune": _retain_epochs, "omp": _retain_epochs,
     "gradient_ascent": lambda c, n_r, n_f: ("epochs", n_f, 0),
     "random_label": _random_label, "salun": _salun, "scrub": _scrub,
     "lora": _lora, "prune_lora": _lora,
-    "rfa_lora": lambda c, n_r, n_f: ("epochs", 2 * n_r, 0),  # each retain batch is joined by a forget batch
+    "rfa_lora": _rfa_lora,
     "pgu": lambda c, n_r, n_f: ("max_epochs", n_f, 0),  # a cap in forget passes: its stopping rule may end it sooner
 }
 NO_TRAINING = {"ssd": "no training: importance passes over D_f and D, then a weight dampening"}

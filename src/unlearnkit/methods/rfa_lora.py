@@ -79,6 +79,7 @@ from .lora import LoraAdapterConfig, LoraMethod, cycle_batches
 
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.ReLU6)
 HEAD_INPUT = "<head input>"
+ONCE_PER_EPOCH = "once_per_epoch"
 
 
 @dataclass(kw_only=True)
@@ -95,6 +96,11 @@ class RfaLoraConfig(LoraAdapterConfig):
     ce_weight: float = field(1.0, "Weight of the cross-entropy on retain batches (0 = alignment only).")
     feature_cache_mb: float = field(
         1024.0, "Memory for the original features, computed once before training (0 = recompute every step).")
+    forget_batch_size: int | Literal["once_per_epoch"] | None = field(
+        None, "Forget samples joined to each retain batch: None = batch_size (the forget set cycles several "
+              "times an epoch); 'once_per_epoch' = ceil(|D_f| / retain batches), about one pass an epoch.")
+
+    added_fields = LoraAdapterConfig.added_fields + ("forget_batch_size",)
 
     constraints = {
         "layers": [NameList("module names"), None],
@@ -104,7 +110,32 @@ class RfaLoraConfig(LoraAdapterConfig):
         "forget_weight": [Interval(float, 0, None, closed="left")],
         "ce_weight": [Interval(float, 0, None, closed="left")],
         "feature_cache_mb": [Interval(float, 0, None, closed="left")],
+        "forget_batch_size": [Interval(int, 1, None), Options(ONCE_PER_EPOCH), None],
     }
+
+
+def forget_batch_size_for(config: RfaLoraConfig, n_retain: int, n_forget: int) -> int:
+    """Forget samples per step: ``forget_batch_size``, or ``batch_size`` when that is None, or for
+    ``"once_per_epoch"`` the smallest size whose batches, one per retain batch, cover D_f in an epoch."""
+    size = config.forget_batch_size
+    if size is None:
+        return config.batch_size
+    if size == ONCE_PER_EPOCH:
+        return max(1, math.ceil(n_forget / retain_steps_per_epoch(config, n_retain)))
+    return size
+
+
+def retain_steps_per_epoch(config: RfaLoraConfig, n_retain: int) -> int:
+    return max(1, math.ceil(n_retain / config.batch_size))
+
+
+def forget_passes_per_epoch(config: RfaLoraConfig, n_retain: int, n_forget: int) -> float:
+    """Forget samples an epoch trains on, on average: the forget batches cycle through D_f, each pass ending
+    with a partial batch, so a step takes ``n_forget / batches per pass`` of them."""
+    if n_forget <= 0:
+        return 0.0
+    batches_per_pass = math.ceil(n_forget / forget_batch_size_for(config, n_retain, n_forget))
+    return retain_steps_per_epoch(config, n_retain) * n_forget / batches_per_pass
 
 
 def default_aligned_layers(model: nn.Module) -> list[str]:
@@ -352,7 +383,9 @@ class RfaLora(LoraMethod):
         tap = FeatureTap(model, aligned)
         device = next(model.parameters()).device
         forget_data = forget if forget_cache is None else forget_cache.view
-        batches = cycle_batches(forget_data, c.batch_size, self.generator, device)
+        forget_batch = forget_batch_size_for(c, len(retain), len(forget))
+        self.info["rfa_forget_batch_size"] = forget_batch
+        batches = cycle_batches(forget_data, forget_batch, self.generator, device)
         counter = self.counter
 
         def original(x) -> dict[str, torch.Tensor]:
