@@ -28,9 +28,14 @@ Every detail below is OURS (the paper does not fix them):
 - **Mode**: the model runs in eval mode throughout (BatchNorm uses its running
   statistics and they are not updated), so "original feature" is exactly the
   input model's feature; LoRA dropout is therefore inactive.
-- **Loss** per step, for a retain batch and a forget batch (cycling through the
-  forget set), averaged over aligned layers, with per-sample *relative* squared
-  norms so layers of different scale weigh the same::
+- **Batches**: each step joins a retain batch (an epoch is one pass over D_r) and
+  a forget batch drawn by cycling through the forget set, of ``forget_batch_size``
+  samples: None = ``batch_size`` (default; several passes over D_f an epoch),
+  ``"once_per_epoch"`` = ceil(|D_f| / retain batches), or a number. The paper's
+  batch scheme is not public (docs/methods/lora.md, "Session 6").
+- **Loss** per step, for a retain batch and a forget batch, averaged over aligned
+  layers, with per-sample *relative* squared norms so layers of different scale
+  weigh the same::
 
       retain_weight * mean_i ||r_i||^2 / ||f_i||^2                  (r = adapted - original)
     + forget_weight * mean_j ||r_j - t_j||^2 / ||f_j||^2            (t = shift target residual)
