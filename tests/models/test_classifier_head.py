@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.models import classifier_head
+from unlearnkit.models.registry import classifier_head_name
 from unlearnkit.pretraining import find_head
 
 
@@ -61,3 +62,8 @@ def test_no_known_head_is_an_error_without_guessing_and_the_last_linear_with():
 def test_a_model_without_any_linear_layer():
     with pytest.raises(UnlearnkitError, match="Sequential has no nn.Linear classifier head: looked for .*`head`"):
         classifier_head(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))
+
+
+def test_the_head_name_is_none_without_any_linear_layer():
+    assert classifier_head_name(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())) is None
+    assert classifier_head_name(Net(fc=nn.Linear(4, 3), aux=nn.Linear(3, 2))) == "aux"

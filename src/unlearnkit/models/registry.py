@@ -113,6 +113,14 @@ def classifier_head(model: nn.Module, *, guess: bool = True) -> tuple[str, nn.Li
                           "get_classifier(); give the model a `head` attribute (its nn.Linear classifier).")
 
 
+def classifier_head_name(model: nn.Module) -> str | None:
+    """The name of ``classifier_head(model)``, or None for a model without any nn.Linear (no head to leave out)."""
+    try:
+        return classifier_head(model)[0]
+    except UnlearnkitError:
+        return None
+
+
 def _guessed_head(model: nn.Module) -> tuple[str, nn.Linear] | None:
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear):
