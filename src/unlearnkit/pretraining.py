@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UnlearnkitError
+from .models.registry import classifier_head
 from .utils import atomic_write_bytes, atomic_write_json, package_version
 
 FORMAT = "unlearnkit-pretrain/1"
@@ -104,24 +105,12 @@ def save_pretrained(path: str | Path, model: nn.Module, provenance: dict[str, An
 
 # ---- the head --------------------------------------------------------------------------------------
 def find_head(model: nn.Module) -> str:
-    """Name of the classifier layer: ``head`` (every built-in model), timm's ``get_classifier()``, or
-    torchvision's ``fc`` / ``heads.head`` / ``classifier`` (also under a ``ResizedInput``'s ``backbone``)."""
-    modules = dict(model.named_modules())
-    for prefix in ("", "backbone."):
-        for name in ("head", "fc", "heads.head", "classifier"):
-            layer = modules.get(prefix + name)
-            if isinstance(layer, nn.Linear):
-                return prefix + name
-            if isinstance(layer, nn.Sequential) and len(layer) and isinstance(layer[-1], nn.Linear):
-                return f"{prefix}{name}.{len(layer) - 1}"
-    getter = getattr(model, "get_classifier", None)
-    if callable(getter):
-        found = getter()
-        names = [n for n, m in modules.items() if m is found and n]
-        if names and isinstance(found, nn.Linear):
-            return names[0]
-    raise UnlearnkitError(f"Cannot find the classifier head of {type(model).__name__} to reset: give the model a "
-                          "`head` attribute (its nn.Linear classifier), or set init reset_head: false.")
+    """Name of the classifier layer an init resets: ``classifier_head(model, guess=False)``'s (known
+    names only: ``head``, torchvision's and timm's, never a guess)."""
+    try:
+        return classifier_head(model, guess=False)[0]
+    except UnlearnkitError as e:
+        raise UnlearnkitError(f"{str(e).rstrip('.')}, or set init reset_head: false.") from None
 
 
 # ---- inits --------------------------------------------------------------------------------------

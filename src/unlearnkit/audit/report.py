@@ -7,25 +7,16 @@ against fine-tuning steps, method and retrain oracle, forget and retain-only att
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 
+from ..bench.report import figure_png
 from ..errors import UnlearnkitError
 from ..utils import atomic_write_bytes, atomic_write_text
 
 PLOTS = ("epsilon_hist.png", "lira_roc.png", "relearn.png")
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _pyplot():
@@ -48,7 +39,7 @@ def plot_epsilons(results: dict, method: str) -> bytes:
     ax.axvline(fq["max_scored_epsilon"], color="k", ls="--", lw=1, label="scores 0 from here")
     ax.set(xlabel="per-example epsilon", ylabel="forget examples", title="Per-example epsilon")
     ax.legend(fontsize=8, loc="upper center")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_roc(results: dict, method: str) -> bytes:
@@ -62,7 +53,7 @@ def plot_roc(results: dict, method: str) -> bytes:
     ax.loglog([floor, 1], [floor, 1], "k--", lw=1, label="chance")
     ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="U-LiRA ROC")
     ax.legend(fontsize=8, loc="lower right")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_relearn(results: dict, method: str) -> bytes:
@@ -76,7 +67,7 @@ def plot_relearn(results: dict, method: str) -> bytes:
     ax.axhline(r["level"], color="k", ls="--", lw=1, label="relearned level")
     ax.set(xlabel="fine-tuning steps", ylabel="held-out forget accuracy (%)", title="Relearning attack")
     ax.legend(fontsize=7, loc="center right")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _steps(summary: dict, horizon: int) -> str:

@@ -255,11 +255,12 @@ def table_rows(s: dict, config_order: list[str]) -> tuple[list[str], list[list[t
 
 
 # ---- plots ------------------------------------------------------------------------------------------
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed); the benchmark and audit reports embed them."""
     import matplotlib.pyplot as plt
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -322,7 +323,7 @@ def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
             ax.annotate(meth, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
         _label_axes(ax, scen, "run time RTE (s, log)", "Avg.Gap to retrain (lower is better)", log_x=True)
     fig.suptitle("Efficiency frontier: Avg.Gap vs run time")
-    plots["avg_gap_vs_time"] = _png(fig)
+    plots["avg_gap_vs_time"] = figure_png(fig)
 
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
     for ax, scen in zip(axes[0], names):
@@ -336,7 +337,7 @@ def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
         _label_axes(ax, scen, "cost ÷ retrain (sample passes, log)", "Avg.Gap to retrain (lower is better)",
                     log_x=True)
     fig.suptitle("Pareto: Avg.Gap vs cost as a fraction of retrain (dashed: the non-dominated methods)")
-    plots["pareto_cost"] = _png(fig)
+    plots["pareto_cost"] = figure_png(fig)
 
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
     for ax, scen in zip(axes[0], names):
@@ -350,7 +351,7 @@ def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
             ax.annotate(meth, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
         _label_axes(ax, scen, "forget-set accuracy (%)", "retain-set accuracy (%)")
     fig.suptitle("Forget vs retain accuracy per method")
-    plots["forget_vs_retain"] = _png(fig)
+    plots["forget_vs_retain"] = figure_png(fig)
 
     for scen in names:
         per_class = summary[scen]["per_class"]
@@ -371,7 +372,7 @@ def make_plots(summary: dict, config_order: list[str]) -> dict[str, bytes]:
         ax.set_xlabel("class")
         ax.set_title(f"{scen}: per-class test accuracy (%), before and after")
         fig.colorbar(im, ax=ax, fraction=0.03)
-        plots[f"per_class_{scenario_slug(scen)}"] = _png(fig)
+        plots[f"per_class_{scenario_slug(scen)}"] = figure_png(fig)
     return plots
 
 

@@ -268,85 +268,94 @@ class BenchRunner:
     # -- originals and oracles -------------------------------------------------------------------
     def original(self, seed: int):
         """(model, meta, key): trained once per (dataset, model, recipe, seed), then loaded."""
-        from ..workflow import save_model, train_original
+        from ..workflow import train_original
 
-        key = stable_hash({**self.config.original_key(seed), "version": package_version()})
-        path = self.cache / "originals" / key
-        if not self.overwrite and _is_checkpoint(path):
-            model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
-            return model, meta, key
         c = self.config
-        t0 = time.perf_counter()
-        with self._resumable(key, f"original seed {seed}") as resume:
+        key = stable_hash({**c.original_key(seed), "version": package_version()})
+
+        def train(resume):
+            t0 = time.perf_counter()
             model, meta, _ = train_original(c.dataset, c.model, c.recipe_for(seed), seed=seed,
                                             device=str(self.device), dataset_args=c.dataset_args,
                                             model_kwargs=c.model_kwargs, splits=self.splits,
                                             init=c.init_record())
-        seconds = time.perf_counter() - t0 + resume.seconds_before
-        # the dataset as `unlearnkit eval` and `forget` load it from the checkpoint's record, before the
-        # benchmark set its held-out images and test subset apart (it trains on the same training set)
-        meta = {**meta, "dataset": {**meta["dataset"], "fingerprint": self._loaded_fingerprint}}
-        save_model(path, model, meta, {"seed": seed, "train_seconds": seconds, "bench_key": key,
-                                       "test_accuracy": accuracy(model, self.splits.test),
-                                       **self._resumed_meta(resume)})
-        resume.clear()
-        self.summary.originals_trained += 1
-        return model, read_meta(path), key
+            seconds = time.perf_counter() - t0 + resume.seconds_before
+            # the dataset as `unlearnkit eval` and `forget` load it from the checkpoint's record, before the
+            # benchmark set its held-out images and test subset apart (it trains on the same training set)
+            meta = {**meta, "dataset": {**meta["dataset"], "fingerprint": self._loaded_fingerprint}}
+            return model, meta, {"seed": seed, "train_seconds": seconds,
+                                 "test_accuracy": accuracy(model, self.splits.test)}, None
+
+        model, meta, _ = self._train_once("originals", key, f"original seed {seed}", train)
+        return model, meta, key
 
     def oracle(self, original_meta: dict, original_key: str, scenario: str, seed: int, data):
         """(model, UnlearnResult): retrain from scratch on the retain set, once per scenario and seed."""
-        from ..api import unlearn
         from ..methods import UnlearnResult
-        from ..workflow import method_options_for, retrain_start, save_model
+        from ..workflow import method_options_for, retrain_start
 
         config = self.config.method_config("retrain", original_meta)
         if config is None:
             raise UnlearnkitError("The 'retrain' method is not registered; the benchmark needs it as the oracle.")
         key = stable_hash({"original": original_key, "scenario": scenario, "seed": seed,
                            "config": config.key_dict(), "version": package_version()})
-        path = self.cache / "oracles" / key
-        if not self.overwrite and _is_checkpoint(path):
-            model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
-            result = UnlearnResult(model=model, **meta["result"])
-            result.forward_passes = meta.get("forward_passes")  # None: an oracle cached before it was counted
-            return model, result
-        base, _ = load_checkpoint(self.cache / "originals" / original_key, num_classes=self.splits.num_classes,
-                                  device=self.device)
-        with self._resumable(key, f"retrain oracle {scenario} seed {seed}") as resume:
+
+        def train(resume):
+            base, _ = load_checkpoint(self.cache / "originals" / original_key, num_classes=self.splits.num_classes,
+                                      device=self.device)
             result, forward_passes = counted_unlearn(base, data.retain, data.forget, "retrain", config=config,
                                                      device=str(self.device), seed=seed,
                                                      **method_options_for("retrain", original_meta))
-        result.seconds += resume.seconds_before  # the epochs trained before an interruption count too
-        save_model(path, result.model, original_meta, {"oracle": {"scenario": scenario, "seed": seed,
-                                                                  "start": retrain_start(original_meta)},
-                                                      "result": result.to_dict(), "bench_key": key,
-                                                      "forward_passes": forward_passes,
-                                                      **self._resumed_meta(resume)})
-        resume.clear()
-        result.forward_passes = forward_passes
-        self.summary.oracles_trained += 1
-        return result.model, result
+            result.seconds += resume.seconds_before  # the epochs trained before an interruption count too
+            extra = {"oracle": {"scenario": scenario, "seed": seed, "start": retrain_start(original_meta)},
+                     "result": result.to_dict(), "forward_passes": forward_passes}
+            result.forward_passes = forward_passes  # after to_dict: the checkpoint's result lacks it
+            return result.model, original_meta, extra, result
+
+        model, meta, result = self._train_once("oracles", key, f"retrain oracle {scenario} seed {seed}", train)
+        if result is None:  # loaded
+            result = UnlearnResult(model=model, **meta["result"])
+            result.forward_passes = meta.get("forward_passes")  # None: an oracle cached before it was counted
+        return model, result
 
     def sparse_original(self, method: str, config, original, original_meta: dict, original_key: str, seed: int):
         """(model, facts, key): ``method``'s sparse original, trained once on all of D per original, config and seed."""
         from ..methods.omp import sparse_original
-        from ..workflow import save_model
 
         key = stable_hash({"original": original_key, "method": method, "sparse": config.sparse_key(), "seed": seed,
                            "version": package_version()})
-        path = self.cache / "sparse_originals" / key
-        if not self.overwrite and _is_checkpoint(path):
-            model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
-            return model, meta["sparse_original"], key
-        with self._resumable(key, f"{method} sparse original seed {seed}") as resume:
+
+        def train(resume):
             model, pruning, facts = sparse_original(original, self.splits.train, config, seed=seed,
                                                     device=str(self.device))
-        facts = {**facts, "seconds": facts["seconds"] + resume.seconds_before, "pruning": pruning.to_dict()}
-        save_model(path, model, original_meta, {"sparse_original": facts, "bench_key": key,
-                                                **self._resumed_meta(resume)})
+            facts = {**facts, "seconds": facts["seconds"] + resume.seconds_before, "pruning": pruning.to_dict()}
+            return model, original_meta, {"sparse_original": facts}, facts
+
+        model, meta, facts = self._train_once("sparse_originals", key, f"{method} sparse original seed {seed}", train)
+        return model, (meta["sparse_original"] if facts is None else facts), key
+
+    def _train_once(self, folder: str, key: str, label: str, train: Callable):
+        """(model, checkpoint meta, what ``train`` handed back) of the cache unit ``cache/folder/key``.
+
+        Saved before (and no ``overwrite``): loaded, handing back None. Else ``train(resume)`` runs
+        under epoch checkpoints (``resume``: the open ``resume.Resumable``) and returns (model, meta,
+        extra checkpoint fields, anything for the caller); the model is saved with those fields, its
+        ``bench_key`` and what was resumed, the epoch checkpoints removed, and ``summary.<folder>_trained``
+        counted.
+        """
+        from ..workflow import save_model
+
+        path = self.cache / folder / key
+        if not self.overwrite and _is_checkpoint(path):
+            model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
+            return model, meta, None
+        with self._resumable(key, label) as resume:
+            model, meta, extra, handed_back = train(resume)
+        save_model(path, model, meta, {**extra, "bench_key": key, **self._resumed_meta(resume)})
         resume.clear()
-        self.summary.sparse_originals_trained += 1
-        return model, facts, key
+        counter = f"{folder}_trained"
+        setattr(self.summary, counter, getattr(self.summary, counter) + 1)
+        return model, read_meta(path), handed_back
 
     def _resumable(self, key: str, label: str):
         """Epoch checkpoints of the training of the cache unit ``key`` (``--overwrite`` starts it afresh)."""

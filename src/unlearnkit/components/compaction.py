@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UnlearnkitError
-from ..models.registry import classifier_head
+from ..models.registry import classifier_head_name
 
 # element-wise maps with f(0) = 0: they keep a zero channel zero, whatever the layout
 ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Identity, nn.Dropout)
@@ -142,10 +142,7 @@ def channel_chains(model: nn.Module) -> list[ChannelChain]:
     """Per Conv2d/Linear producer (the head excluded): the BatchNorms and consumers of its output channels."""
     graph, opaque = trace(model)
     modules = dict(model.named_modules())
-    try:
-        head = classifier_head(model)[0]
-    except UnlearnkitError:
-        head = None
+    head = classifier_head_name(model)
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":

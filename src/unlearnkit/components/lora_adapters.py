@@ -59,16 +59,9 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from ..errors import UnlearnkitError
-from ..models.registry import classifier_head
+from ..models.registry import classifier_head_name
 
 LORA_LAYER_TYPES = (nn.Linear, nn.Conv2d)
-
-
-def _head_name(model: nn.Module) -> str | None:
-    try:
-        return classifier_head(model)[0]
-    except UnlearnkitError:
-        return None
 
 
 def is_patch_embedding(module: nn.Module) -> bool:
@@ -125,7 +118,7 @@ def _attention_sites(name: str, mha: nn.MultiheadAttention) -> dict[str, WeightS
 
 def weight_sites(model: nn.Module) -> dict[str, WeightSite]:
     """Every adaptable weight by name, except the classifier head (and anything inside it)."""
-    head = _head_name(model)
+    head = classifier_head_name(model)
     attention_outputs = set()
     out: dict[str, WeightSite] = {}
     for name, module in model.named_modules():
@@ -178,7 +171,7 @@ def resolve_targets(model: nn.Module, targets: Sequence[str] | None = None) -> l
         raise UnlearnkitError("The 'targets' parameter is empty; give layer names or None for every layer.")
     unmatched = [t for t in targets if not any(_matches(n, t) for n in layers)]
     if unmatched:
-        head = _head_name(model)
+        head = classifier_head_name(model)
         note = f" (the classifier head {head!r} is always trained fully, not adapted)" if head else ""
         shown = ", ".join(list(layers)[:8]) + (", ..." if len(layers) > 8 else "")
         raise UnlearnkitError(
@@ -330,7 +323,7 @@ class LoraAdapter:
 
     def expected_trainable_parameters(self) -> int:
         """What rank and targets imply: the LoRA factors of every target plus the whole head."""
-        head = _head_name(self.model)
+        head = classifier_head_name(self.model)
         head_params = sum(p.numel() for p in self.model.get_submodule(head).parameters()) if head else 0
         return lora_parameter_count(self._sites, self.rank) + head_params
 
@@ -438,7 +431,7 @@ def add_lora(model: nn.Module, *, rank: int | None = None, alpha: float | None =
     for p in model.parameters():
         p.requires_grad_(False)
     deltas = {name: _attach(model, name, site, rank, alpha / rank, dropout) for name, site in sites.items()}
-    head = _head_name(model)
+    head = classifier_head_name(model)
     if train_head and head is not None:
         for p in model.get_submodule(head).parameters():
             p.requires_grad_(True)

@@ -44,7 +44,7 @@ import torch.nn as nn
 from ..config import Interval, Options, check_value
 from ..errors import UnlearnkitError
 from .weight_masks import ParamMask
-from ..models.registry import classifier_head
+from ..models.registry import classifier_head_name
 
 KINDS = ("l2_structured", "magnitude_global")
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -84,15 +84,8 @@ class PruningResult:
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The default selection: every Conv2d and Linear except the classifier head, by module name."""
-    head = _head_name(model)
+    head = classifier_head_name(model)
     return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE) and name != head}
-
-
-def _head_name(model: nn.Module) -> str | None:
-    try:
-        return classifier_head(model)[0]
-    except UnlearnkitError:
-        return None
 
 
 def _select(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Module]:
@@ -108,7 +101,7 @@ def _select(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Modu
     if not names:
         raise UnlearnkitError("The 'layers' option of prune is empty; give module names or None for the default.")
     modules = dict(model.named_modules())
-    head = _head_name(model)
+    head = classifier_head_name(model)
     unknown = [n for n in names if n not in modules]
     if unknown:
         raise UnlearnkitError(

@@ -90,17 +90,28 @@ def _looped_squared_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     named = _trainable(model)
     out = {n: torch.zeros_like(p) for n, p in named}
     for i in range(len(y)):
-        loss = F.cross_entropy(forward(model, x[i:i + 1]), y[i:i + 1])
-        for (n, _), g in zip(named, torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)):
-            if g is not None:
-                out[n] += g.square()
+        _add_squared_grads(out, named, F.cross_entropy(forward(model, x[i:i + 1]), y[i:i + 1]))
     return out
 
 
-def _all_reduce(importance: dict[str, torch.Tensor], count: int, device: torch.device) -> int:
+def _add_squared_grads(into: dict[str, torch.Tensor], named: list[tuple[str, nn.Parameter]],
+                       loss: torch.Tensor) -> None:
+    """``into[n] += grad(loss, p) ** 2`` for each named parameter that the loss reaches."""
+    for (n, _), g in zip(named, torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)):
+        if g is not None:
+            into[n] += g.square()
+
+
+def _averaged(importance: dict[str, torch.Tensor], count: int, world: int,
+              device: torch.device) -> dict[str, torch.Tensor]:
+    """``importance / count`` in place, the sums and the count all-reduced first under several processes."""
+    if world > 1:
+        for imp in importance.values():
+            dist.all_reduce_sum(imp)
+        count = int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.long, device=device)).item())
     for imp in importance.values():
-        dist.all_reduce_sum(imp)
-    return int(dist.all_reduce_sum(torch.tensor([count], dtype=torch.long, device=device)).item())
+        imp /= max(count, 1)
+    return importance
 
 
 def per_sample_fisher(model: nn.Module, dataset: Dataset, batch_size: int = 64,
@@ -138,11 +149,7 @@ def per_sample_fisher(model: nn.Module, dataset: Dataset, batch_size: int = 64,
         model.train(was_training)
     if counter is not None:  # the whole pass, split over the ranks or not (as ``fit`` counts the global batch)
         counter.sample_passes += len(dataset)
-    if world > 1:
-        seen = _all_reduce(importance, seen, device)
-    for imp in importance.values():
-        imp /= max(seen, 1)
-    return importance
+    return _averaged(importance, seen, world, device)
 
 
 def batch_fisher(model: nn.Module, dataset: Dataset, batch_size: int, counter: Counter | None = None, *,
@@ -164,20 +171,13 @@ def batch_fisher(model: nn.Module, dataset: Dataset, batch_size: int, counter: C
                                                     device=device)):
             if i % world != rank:
                 continue
-            loss = F.cross_entropy(forward(model, x), y)
-            for (n, _), g in zip(named, torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)):
-                if g is not None:
-                    importance[n] += g.square()
+            _add_squared_grads(importance, named, F.cross_entropy(forward(model, x), y))
             batches += 1
     finally:
         model.train(was_training)
     if counter is not None:
         counter.sample_passes += len(dataset)
-    if world > 1:
-        batches = _all_reduce(importance, batches, device)
-    for imp in importance.values():
-        imp /= max(batches, 1)
-    return importance
+    return _averaged(importance, batches, world, device)
 
 
 def fisher_diagonal(model: nn.Module, dataset: Dataset, batch_size: int, generator: torch.Generator | None = None,

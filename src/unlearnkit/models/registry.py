@@ -86,8 +86,42 @@ def check_model_arguments(name: str, fn: Callable[..., nn.Module], kwargs: dict)
         raise UnlearnkitError(f"The {key!r} argument of model {name!r} must be {allowed}; got {value!r}.")
 
 
-def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """Name and module of the classifier head: ``model.head`` if set, else the last Linear."""
+# where torchvision and timm keep their classifiers (``head`` first: every built-in model has one);
+# a ``ResizedInput`` wrapper holds the model as its ``backbone``
+HEAD_NAMES = ("head", "fc", "heads.head", "classifier")
+HEAD_PREFIXES = ("", "backbone.")
+
+
+def classifier_head(model: nn.Module, *, guess: bool = True) -> tuple[str, nn.Linear]:
+    """Name and module of the classifier head.
+
+    ``guess=True`` (the layer a method leaves unpruned or unadapted): ``model.head`` if it is a
+    Linear, else the last Linear of the model. ``guess=False`` (the head an init resets, where a
+    wrong guess would keep a pretrained classifier): only a Linear at a known name, ``head``,
+    ``fc``, ``heads.head`` or ``classifier`` (or the last layer of an ``nn.Sequential`` there),
+    also under ``backbone.``, or timm's ``get_classifier()``; no guessing.
+    """
+    found = _guessed_head(model) if guess else _named_head(model)
+    if found is not None:
+        return found
+    if guess:
+        raise UnlearnkitError(f"{type(model).__name__} has no nn.Linear classifier head: looked for an nn.Linear "
+                              "`head`, then for any nn.Linear layer.")
+    names = ", ".join(f"`{n}`" for n in HEAD_NAMES)
+    raise UnlearnkitError(f"Cannot find the classifier head of {type(model).__name__}: looked for an nn.Linear (or "
+                          f"an nn.Sequential ending in one) named {names}, also under `backbone.`, and for timm's "
+                          "get_classifier(); give the model a `head` attribute (its nn.Linear classifier).")
+
+
+def classifier_head_name(model: nn.Module) -> str | None:
+    """The name of ``classifier_head(model)``, or None for a model without any nn.Linear (no head to leave out)."""
+    try:
+        return classifier_head(model)[0]
+    except UnlearnkitError:
+        return None
+
+
+def _guessed_head(model: nn.Module) -> tuple[str, nn.Linear] | None:
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear):
         return "head", head
@@ -95,6 +129,22 @@ def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             last = (name, module)
-    if last is None:
-        raise UnlearnkitError(f"{type(model).__name__} has no nn.Linear classifier head.")
     return last
+
+
+def _named_head(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    modules = dict(model.named_modules())
+    for prefix in HEAD_PREFIXES:
+        for name in HEAD_NAMES:
+            layer = modules.get(prefix + name)
+            if isinstance(layer, nn.Linear):
+                return prefix + name, layer
+            if isinstance(layer, nn.Sequential) and len(layer) and isinstance(layer[-1], nn.Linear):
+                return f"{prefix}{name}.{len(layer) - 1}", layer[-1]
+    getter = getattr(model, "get_classifier", None)
+    if callable(getter):
+        found = getter()
+        names = [n for n, m in modules.items() if m is found and n]
+        if names and isinstance(found, nn.Linear):
+            return names[0], found
+    return None
