@@ -85,6 +85,9 @@ class PGUConfig(MethodConfig):
                              "0.05 over up to 100 passes).")
     lr_end: float = field(0.0026, "Final learning rate, same unit as lr (exponential decay over the step budget; "
                                   "the reference: 0.01).")
+    stall_lr_factor: float = field(
+        2.0, "Multiply the LR by this after every check at which forget accuracy is still at or above its value "
+             "before the request, i.e. forgetting has not started (1: never; ours).")
     batch_size: int = field(8, "Forget-set batch size (small: a 5-pass budget on a small forget set needs steps).")
     max_epochs: int = field(5, "At most this many passes over the forget set.")
     max_steps: int | None = field(None, "Optional step cap below max_epochs' (None: none).")
@@ -114,6 +117,7 @@ class PGUConfig(MethodConfig):
         "lr_scale": [Options("weight_norm", "none")],
         "lr": [Interval(float, 0, None, closed="neither")],
         "lr_end": [Interval(float, 0, None, closed="neither")],
+        "stall_lr_factor": [Interval(float, 1, None, closed="left")],
         "batch_size": [Interval(int, 1, None)],
         "max_epochs": [Interval(int, 1, None)],
         "max_steps": [Interval(int, 1, None), None],
@@ -300,11 +304,11 @@ class PGU(Method):
                             weights={n: w.detach().clone() for n, w in weights.items()})
             return None
 
-        reason, step = check(0), 0
+        reason, step, boost = check(0), 0, 1.0
         while reason is None and step < budget:
             for x, y in iterate_batches(forget, c.batch_size, shuffle=True, generator=self.generator,
                                         device=self.device):
-                lr = c.lr * math.exp(decay * step)
+                lr = c.lr * boost * math.exp(decay * step)
                 loss = forget_loss(forward(model, x), y, c.eps, c.entropy_weight)
                 check_finite(loss, "pgu")
                 for w in weights.values():
@@ -325,13 +329,20 @@ class PGU(Method):
                         lr_unit = weight_norm / grad_norm if grad_norm > 0 else None
                         self.info.setdefault("lr_unit", lr_unit)
                     if lr_unit is not None:
+                        alpha = lr * lr_unit
+                        if c.lr_scale == "weight_norm":
+                            growth = _norm(grads.values()) * lr_unit / weight_norm  # this step's move / lr_t|W|
+                            self.info["max_step_growth_seen"] = max(self.info.get("max_step_growth_seen", 0.0),
+                                                                    growth)
                         for name, g in grads.items():
-                            weights[name].add_(g, alpha=-lr * lr_unit)
+                            weights[name].add_(g, alpha=-alpha)
                 step += 1
                 self.counter.steps += 1
                 self.counter.sample_passes += len(x)
                 if step % c.check_every == 0 or step == budget:
                     reason = check(step)
+                    if history[-1] >= history[0]:  # forgetting has not started: the LR is too small
+                        boost *= c.stall_lr_factor
                 if reason is not None or step >= budget:
                     break
         self.info.update(stop_reason=reason or f"step budget ({budget} steps, {c.max_epochs} passes)",
