@@ -86,8 +86,8 @@ class PGUConfig(MethodConfig):
     lr_end: float = field(0.0026, "Final learning rate, same unit as lr (exponential decay over the step budget; "
                                   "the reference: 0.01).")
     stall_lr_factor: float = field(
-        2.0, "Multiply the LR by this after every check at which forget accuracy is still at or above its value "
-             "before the request, i.e. forgetting has not started (1: never; ours).")
+        2.0, "Multiply the LR by this after every check at which forget accuracy has not yet covered a tenth of "
+             "the way from its value before the request to the target (forgetting has not started; 1: never; ours).")
     batch_size: int = field(8, "Forget-set batch size (small: a 5-pass budget on a small forget set needs steps).")
     max_epochs: int = field(5, "At most this many passes over the forget set.")
     max_steps: int | None = field(None, "Optional step cap below max_epochs' (None: none).")
@@ -140,6 +140,16 @@ class PGUConfig(MethodConfig):
 
 def _norm(tensors) -> float:
     return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in tensors))
+
+
+STARTED_SHARE = 0.1  # forgetting "has started" once forget accuracy covered this share of the way to the target
+
+
+def _forgetting_started(history: list[float], target: float | None) -> bool:
+    """Whether the forget-accuracy checks so far moved at least STARTED_SHARE of the way to ``target``."""
+    if target is None:  # no target to measure the way with: never boost
+        return True
+    return history[0] - history[-1] >= STARTED_SHARE * (history[0] - target)
 
 
 def forget_loss(logits: torch.Tensor, y: torch.Tensor, eps: float, entropy_weight: float) -> torch.Tensor:
@@ -341,7 +351,7 @@ class PGU(Method):
                 self.counter.sample_passes += len(x)
                 if step % c.check_every == 0 or step == budget:
                     reason = check(step)
-                    if history[-1] >= history[0]:  # forgetting has not started: the LR is too small
+                    if reason is None and not _forgetting_started(history, target):
                         boost *= c.stall_lr_factor
                 if reason is not None or step >= budget:
                     break
