@@ -166,7 +166,8 @@ def main() -> None:
         ev = uk.evaluate(result.model, data, reference=oracle_eval, seed=args.seed).summary()
         info = result.info
         label = " ".join(f"{k}={v}" for k, v in overrides.items())
-        row = {"run": f"pgu {text}" + (f" {label}" if label else ""), "guard": args.guard, "prepare_seconds": prepare_s, "prepare_forward_samples": len(cache.gram_ids),
+        row = {"run": f"pgu {text}" + (f" {label}" if label else ""), "guard": args.guard,
+               "prepare_seconds": prepare_s, "prepare_forward_samples": len(cache.gram_ids),
                "request_seconds": request_s, "request_sample_passes": result.sample_passes,
                "request_forward_samples": info["forget_gram_samples"] + info["check_forward_samples"],
                "check_forward_samples": info["check_forward_samples"], "lr_unit": info.get("lr_unit"),
@@ -174,10 +175,11 @@ def main() -> None:
                "request_vs_retrain_seconds": request_s / retrain_s,
                "request_vs_retrain_passes": result.sample_passes / retrain_passes,
                "projector_distance": distance, "kept": {n: r[0] for n, r in ranks.items()},
-               "stop": info["stop_reason"], "steps": info["pgu_steps"],
+               "stop": info["stop_reason"], "steps": info["pgu_steps"], "lr_boost": info.get("lr_boost"),
                "forget_acc_history": info["forget_acc_history"], **ev}
         rows.append(row)
-        print(f"{row['run']} (guard {args.guard}): prepare {prepare_s:.2f} s ({len(cache.gram_ids)} fwd), request {request_s:.2f} s "
+        print(f"{row['run']} (guard {args.guard}): prepare {prepare_s:.2f} s ({len(cache.gram_ids)} fwd), "
+              f"request {request_s:.2f} s "
               f"({result.sample_passes} fwd+bwd, {row['request_forward_samples']} fwd), "
               f"(prep+req)/retrain {row['prepare_request_vs_retrain_seconds']:.3f}, req/retrain "
               f"{row['request_vs_retrain_seconds']:.3f} s / {row['request_vs_retrain_passes']:.3f} passes, "

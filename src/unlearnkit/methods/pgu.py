@@ -27,6 +27,10 @@ Our choices (measured in docs/methods/pgu.md, "Choosing the request defaults"):
   absolute LR is set once, at the first step, to ``lr * |W| / |projected g|`` (plain SGD after that).
   Plain SGD's LR has no scale of its own: ResNet-20's projected gradient is 10x smaller relative to
   its weights than the digits models' (``lr_scale="none"`` is the reference's absolute LR).
+* LR doubling (``stall_lr_factor``): after every check at which forget accuracy has not covered a tenth of
+  the way to the target, the LR is multiplied by ``stall_lr_factor`` (2): a confident model's first
+  projected gradient is small (the softmax saturates), so the relative LR can be too small to start
+  forgetting. A request that has started is unchanged.
 * Stopping, checked every ``check_every`` (20) steps and after the last step, on fixed
   samples of ``check_samples`` (256) images: forget accuracy on a sample of D_f; retain
   accuracy on a sample of the retain set if one is given, else of the held-out
@@ -339,13 +343,12 @@ class PGU(Method):
                         lr_unit = weight_norm / grad_norm if grad_norm > 0 else None
                         self.info.setdefault("lr_unit", lr_unit)
                     if lr_unit is not None:
-                        alpha = lr * lr_unit
-                        if c.lr_scale == "weight_norm":
-                            growth = _norm(grads.values()) * lr_unit / weight_norm  # this step's move / lr_t|W|
+                        if c.lr_scale == "weight_norm":  # |projected g_t| / |projected g_1|
+                            growth = _norm(grads.values()) * lr_unit / weight_norm
                             self.info["max_step_growth_seen"] = max(self.info.get("max_step_growth_seen", 0.0),
                                                                     growth)
                         for name, g in grads.items():
-                            weights[name].add_(g, alpha=-alpha)
+                            weights[name].add_(g, alpha=-lr * lr_unit)
                 step += 1
                 self.counter.steps += 1
                 self.counter.sample_passes += len(x)
@@ -356,5 +359,6 @@ class PGU(Method):
                 if reason is not None or step >= budget:
                     break
         self.info.update(stop_reason=reason or f"step budget ({budget} steps, {c.max_epochs} passes)",
-                         pgu_steps=step, forget_passes=self.counter.sample_passes / max(len(forget), 1))
+                         pgu_steps=step, lr_boost=boost,
+                         forget_passes=self.counter.sample_passes / max(len(forget), 1))
         return model
