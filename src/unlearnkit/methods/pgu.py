@@ -345,8 +345,7 @@ class PGU(Method):
                     if lr_unit is not None:
                         if c.lr_scale == "weight_norm":  # |projected g_t| / |projected g_1|
                             growth = _norm(grads.values()) * lr_unit / weight_norm
-                            self.info["max_step_growth_seen"] = max(self.info.get("max_step_growth_seen", 0.0),
-                                                                    growth)
+                            self.info["grad_growth"] = max(self.info.get("grad_growth", 0.0), growth)
                         for name, g in grads.items():
                             weights[name].add_(g, alpha=-lr * lr_unit)
                 step += 1
