@@ -11,6 +11,14 @@ oracle, and the projector's distance to the full-data float64 projector (mean ov
     python benchmarks/pgu_cost.py --scenario random:0.1 --budgets 250x64 1000x64 all
     python benchmarks/pgu_cost.py --dataset digits --model cnn --epochs 30   # seconds, for a smoke run
     python benchmarks/pgu_cost.py --model vit_tiny --subset 1000 --epochs 4 --lora   # + the LoRA family
+    python benchmarks/pgu_cost.py --budgets 1000x64 --no-distance --reuse-cache --set energy=0.97 --set energy=0.99
+    python benchmarks/pgu_cost.py --budgets 1000x64 --no-distance --reuse-cache --guard heldout
+
+Each ``--set KEY=VALUE ...`` is one request setting (give it several times for several rows on the same
+prepared cache). ``--reuse-cache`` loads the budget's cache file from --work when it is there instead of
+preparing it again (its prepare seconds are then the load). ``--guard`` gives the request a retain
+estimate for PGU's retain guard: ``retain`` passes the retain set (a fixed 256-image sample of it),
+``heldout`` passes the held-out test images of the retained classes as ``check_data``.
 
 With ``--lora`` the same run then times one epoch of finetune, lora, prune_lora and rfa_lora
 (benchmarks/lora_cost.py, each in a fresh process for its peak memory) on the same retain/forget
@@ -89,7 +97,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12, help="original and retrain epochs (cifar10-cpu: 12)")
     parser.add_argument("--scenario", default="class:3")
     parser.add_argument("--budgets", nargs="+", default=["250x64", "500x64", "1000x64", "1000x256", "all"])
-    parser.add_argument("--set", nargs="*", default=[], help="PGU config overrides KEY=VALUE (JSON values)")
+    parser.add_argument("--set", nargs="*", action="append", default=None,
+                        help="PGU config overrides KEY=VALUE (JSON values); repeat --set for several settings")
+    parser.add_argument("--reuse-cache", action="store_true",
+                        help="load the budget's cache from --work if it exists instead of preparing it again")
+    parser.add_argument("--guard", choices=["none", "retain", "heldout"], default="none",
+                        help="retain estimate for PGU's retain guard (default none: no retain data, as a request "
+                             "from the cache alone)")
     parser.add_argument("--work", default="runs/pgu_cost", help="cache of the trained original and oracle")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--threads", type=int, default=1)
@@ -125,25 +139,35 @@ def main() -> None:
     print(f"retrain: {retrain_s:.1f} s, {retrain_passes} sample-passes, {oracle_eval.summary()}", flush=True)
     rows.append({"run": "original", **uk.evaluate(original, data, reference=oracle_eval, seed=args.seed).summary()})
 
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    tau = overrides.get("energy", 0.95)
+    settings = [{k: json.loads(v) for k, v in (s.split("=", 1) for s in group)} for group in (args.set or [[]])]
+    tau = settings[0].get("energy", 0.95)
     reference = None if args.no_distance else pgu.PGUCache.build(original, [splits.train], max_samples=None,
                                                                   max_patches=None, dtype=torch.float64)
     # sample forgetting gets held-out data for its stopping rule, as the paper does (issue #19)
     heldout = {} if args.scenario.startswith("class") else {"check_data": data.test}
-    for text in args.budgets:
+    retain = None
+    if args.guard == "retain":
+        retain = data.retain
+    elif args.guard == "heldout":
+        heldout = {"check_data": data.test_retain if data.test_retain is not None else data.test}
+    for text, overrides in [(t, o) for t in args.budgets for o in settings]:
         samples, patches = parse_budget(text)
+        cache_path = work / f"{tag}-{text}.safetensors"
         start = time.perf_counter()
-        cache = pgu.prepare(original, splits.train, max_samples=samples, max_patches=patches,
-                            path=work / f"{tag}-{text}.safetensors")
+        if args.reuse_cache and cache_path.exists():
+            cache = pgu.PGUCache.load(cache_path)
+        else:
+            cache = pgu.prepare(original, splits.train, max_samples=samples, max_patches=patches, path=cache_path)
         prepare_s = time.perf_counter() - start
         distance, ranks = projector_distance(cache, reference, tau) if reference is not None else (float("nan"), {})
-        result = uk.unlearn(original, None, data.forget, "pgu", cache=str(cache.path), update_cache=False,
+        result = uk.unlearn(original, retain, data.forget, "pgu", cache=str(cache.path), update_cache=False,
                             seed=args.seed, **heldout, **overrides)
         request_s = result.seconds
         ev = uk.evaluate(result.model, data, reference=oracle_eval, seed=args.seed).summary()
         info = result.info
-        row = {"run": f"pgu {text}", "prepare_seconds": prepare_s, "prepare_forward_samples": len(cache.gram_ids),
+        label = " ".join(f"{k}={v}" for k, v in overrides.items())
+        row = {"run": f"pgu {text}" + (f" {label}" if label else ""), "guard": args.guard,
+               "prepare_seconds": prepare_s, "prepare_forward_samples": len(cache.gram_ids),
                "request_seconds": request_s, "request_sample_passes": result.sample_passes,
                "request_forward_samples": info["forget_gram_samples"] + info["check_forward_samples"],
                "check_forward_samples": info["check_forward_samples"], "lr_unit": info.get("lr_unit"),
@@ -151,13 +175,16 @@ def main() -> None:
                "request_vs_retrain_seconds": request_s / retrain_s,
                "request_vs_retrain_passes": result.sample_passes / retrain_passes,
                "projector_distance": distance, "kept": {n: r[0] for n, r in ranks.items()},
-               "stop": info["stop_reason"], "steps": info["pgu_steps"], **ev}
+               "stop": info["stop_reason"], "steps": info["pgu_steps"], "lr_boost": info.get("lr_boost"),
+               "forget_acc_history": info["forget_acc_history"], **ev}
         rows.append(row)
-        print(f"pgu {text}: prepare {prepare_s:.2f} s ({len(cache.gram_ids)} fwd), request {request_s:.2f} s "
+        print(f"{row['run']} (guard {args.guard}): prepare {prepare_s:.2f} s ({len(cache.gram_ids)} fwd), "
+              f"request {request_s:.2f} s "
               f"({result.sample_passes} fwd+bwd, {row['request_forward_samples']} fwd), "
               f"(prep+req)/retrain {row['prepare_request_vs_retrain_seconds']:.3f}, req/retrain "
               f"{row['request_vs_retrain_seconds']:.3f} s / {row['request_vs_retrain_passes']:.3f} passes, "
-              f"projector dist {distance:.3f}, stop: {info['stop_reason']}; "
+              f"projector dist {distance:.3f}, steps {info['pgu_steps']}, checks {info['forget_acc_history']}, "
+              f"stop: {info['stop_reason']}; "
               + ", ".join(f"{k} {v:.2f}" for k, v in ev.items()), flush=True)
     lora_rows = lora_family(args, work / f"{tag}-original.safetensors") if args.lora else []
     if args.out:

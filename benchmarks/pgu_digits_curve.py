@@ -134,7 +134,8 @@ def main(argv=None) -> int:
                     label = " ".join(f"{k}={v}" for k, v in setting.items()) or "defaults"
                     print(f"{name:9s} {scenario:11s} {label:36s} {ua:6.1f} {ra:6.1f} {ta:6.1f} "
                           f"{res.info['forget_passes']:6.2f} {res.steps:5d}  {res.info['stop_reason'][:40]} "
-                          f"({secs:.1f}s)", flush=True)
+                          f"({secs:.1f}s) checks {res.info['forget_acc_history']} "
+                          f"growth {res.info.get('grad_growth', float('nan')):.1f}", flush=True)
                     if args.movement:
                         print_movement(model, out, split)
     return 0

@@ -213,3 +213,26 @@ def test_sample_forgetting_keeps_the_check_closer_to_the_target(trained_vit, dig
     assert history[-1] < target - 10  # the last check overshot
     assert "was closer: kept" in result.info["stop_reason"]
     assert abs(uk.accuracy(result.model, random10.forget) - target) < 3.0
+
+
+def test_lr_doubles_while_forgetting_has_not_started(trained_cnn, trained_vit, digits, class3, tmp_path):
+    """stall_lr_factor (default 2): after a check at which forget accuracy has not covered a tenth of the way to
+    the target, the LR doubles. The test CNN's first 20 steps leave class 3 at 100%: with the doubling it meets
+    the 1% target within the pass budget, without it (factor 1) it does not. The ViT starts forgetting within
+    its first check interval, so its request is bit for bit the same either way."""
+    for model, arch in ((trained_cnn, "cnn"), (trained_vit, "vit")):
+        cache = tmp_path / f"{arch}.safetensors"
+        pgu.prepare(model, digits.train, path=cache)
+        runs = {factor: uk.unlearn(model, None, class3.forget, "pgu", cache=str(cache), update_cache=False,
+                                   stall_lr_factor=factor) for factor in (2.0, 1.0)}
+        boosted, plain = runs[2.0], runs[1.0]
+        assert plain.info["lr_boost"] == 1.0
+        if arch == "cnn":
+            assert boosted.info["lr_boost"] >= 2.0
+            assert uk.accuracy(boosted.model, class3.forget) <= 1.0 < uk.accuracy(plain.model, class3.forget)
+            assert uk.accuracy(model, class3.retain) - uk.accuracy(boosted.model, class3.retain) < 1.0
+            assert boosted.sample_passes <= 5 * len(class3.forget)
+        else:
+            assert boosted.info["lr_boost"] == 1.0
+            for key, value in plain.model.state_dict().items():
+                assert torch.equal(boosted.model.state_dict()[key], value), key

@@ -27,6 +27,10 @@ Our choices (measured in docs/methods/pgu.md, "Choosing the request defaults"):
   absolute LR is set once, at the first step, to ``lr * |W| / |projected g|`` (plain SGD after that).
   Plain SGD's LR has no scale of its own: ResNet-20's projected gradient is 10x smaller relative to
   its weights than the digits models' (``lr_scale="none"`` is the reference's absolute LR).
+* LR doubling (``stall_lr_factor``): after every check at which forget accuracy has not covered a tenth of
+  the way to the target, the LR is multiplied by ``stall_lr_factor`` (2): a confident model's first
+  projected gradient is small (the softmax saturates), so the relative LR can be too small to start
+  forgetting. A request that has started is unchanged.
 * Stopping, checked every ``check_every`` (20) steps and after the last step, on fixed
   samples of ``check_samples`` (256) images: forget accuracy on a sample of D_f; retain
   accuracy on a sample of the retain set if one is given, else of the held-out
@@ -85,6 +89,9 @@ class PGUConfig(MethodConfig):
                              "0.05 over up to 100 passes).")
     lr_end: float = field(0.0026, "Final learning rate, same unit as lr (exponential decay over the step budget; "
                                   "the reference: 0.01).")
+    stall_lr_factor: float = field(
+        2.0, "Multiply the LR by this after every check at which forget accuracy has not yet covered a tenth of "
+             "the way from its value before the request to the target (forgetting has not started; 1: never; ours).")
     batch_size: int = field(8, "Forget-set batch size (small: a 5-pass budget on a small forget set needs steps).")
     max_epochs: int = field(5, "At most this many passes over the forget set.")
     max_steps: int | None = field(None, "Optional step cap below max_epochs' (None: none).")
@@ -114,6 +121,7 @@ class PGUConfig(MethodConfig):
         "lr_scale": [Options("weight_norm", "none")],
         "lr": [Interval(float, 0, None, closed="neither")],
         "lr_end": [Interval(float, 0, None, closed="neither")],
+        "stall_lr_factor": [Interval(float, 1, None, closed="left")],
         "batch_size": [Interval(int, 1, None)],
         "max_epochs": [Interval(int, 1, None)],
         "max_steps": [Interval(int, 1, None), None],
@@ -136,6 +144,16 @@ class PGUConfig(MethodConfig):
 
 def _norm(tensors) -> float:
     return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in tensors))
+
+
+STARTED_SHARE = 0.1  # forgetting "has started" once forget accuracy covered this share of the way to the target
+
+
+def _forgetting_started(history: list[float], target: float | None) -> bool:
+    """Whether the forget-accuracy checks so far moved at least STARTED_SHARE of the way to ``target``."""
+    if target is None:  # no target to measure the way with: never boost
+        return True
+    return history[0] - history[-1] >= STARTED_SHARE * (history[0] - target)
 
 
 def forget_loss(logits: torch.Tensor, y: torch.Tensor, eps: float, entropy_weight: float) -> torch.Tensor:
@@ -300,11 +318,11 @@ class PGU(Method):
                             weights={n: w.detach().clone() for n, w in weights.items()})
             return None
 
-        reason, step = check(0), 0
+        reason, step, boost = check(0), 0, 1.0
         while reason is None and step < budget:
             for x, y in iterate_batches(forget, c.batch_size, shuffle=True, generator=self.generator,
                                         device=self.device):
-                lr = c.lr * math.exp(decay * step)
+                lr = c.lr * boost * math.exp(decay * step)
                 loss = forget_loss(forward(model, x), y, c.eps, c.entropy_weight)
                 check_finite(loss, "pgu")
                 for w in weights.values():
@@ -325,6 +343,9 @@ class PGU(Method):
                         lr_unit = weight_norm / grad_norm if grad_norm > 0 else None
                         self.info.setdefault("lr_unit", lr_unit)
                     if lr_unit is not None:
+                        if c.lr_scale == "weight_norm":  # |projected g_t| / |projected g_1|
+                            growth = _norm(grads.values()) * lr_unit / weight_norm
+                            self.info["grad_growth"] = max(self.info.get("grad_growth", 0.0), growth)
                         for name, g in grads.items():
                             weights[name].add_(g, alpha=-lr * lr_unit)
                 step += 1
@@ -332,8 +353,11 @@ class PGU(Method):
                 self.counter.sample_passes += len(x)
                 if step % c.check_every == 0 or step == budget:
                     reason = check(step)
+                    if reason is None and not _forgetting_started(history, target):
+                        boost *= c.stall_lr_factor
                 if reason is not None or step >= budget:
                     break
         self.info.update(stop_reason=reason or f"step budget ({budget} steps, {c.max_epochs} passes)",
-                         pgu_steps=step, forget_passes=self.counter.sample_passes / max(len(forget), 1))
+                         pgu_steps=step, lr_boost=boost,
+                         forget_passes=self.counter.sample_passes / max(len(forget), 1))
         return model
