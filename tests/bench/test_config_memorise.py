@@ -1,6 +1,9 @@
 """The shipped cifar10-memorise config: valid, its recipe stops augmenting, every method config builds."""
 
+import pytest
+
 from unlearnkit.bench.config import load_bench_config, shipped_configs
+from unlearnkit.bench.tuning import grid_points, grid_rows
 
 
 def test_memorise_config_ships_and_builds_every_method(tmp_path, monkeypatch):
@@ -14,3 +17,15 @@ def test_memorise_config_ships_and_builds_every_method(tmp_path, monkeypatch):
     for method in config.methods:
         assert config.method_config(method, meta) is not None, method
     assert config.seeds == [0, 1, 2] and set(config.scenarios) == {"class:3", "random:0.1"}
+
+
+@pytest.mark.parametrize("name", ["cifar10-memorise", "cifar10-pretrained"])
+def test_cifar_configs_ship_a_tuning_grid_that_builds(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_bench_config(name)
+    assert config.tuning["seeds"] and not set(config.tuning["seeds"]) & set(config.seeds)  # never a reported seed
+    meta = {"recipe": config.recipe_for(0).to_dict()}
+    rows = grid_rows(config, ["class:4"])["class:4"]
+    assert len(rows) == 1 + sum(len(grid_points(g)) for g in config.tuning["grid"].values())
+    for label, (method, overrides) in rows.items():
+        assert config.method_config(method, meta, overrides=overrides) is not None, label
