@@ -319,6 +319,7 @@ class PGU(Method):
             return None
 
         reason, step, boost = check(0), 0, 1.0
+        largest_squared = None  # largest |projected g_t|^2, for info["grad_growth"]
         while reason is None and step < budget:
             for x, y in iterate_batches(forget, c.batch_size, shuffle=True, generator=self.generator,
                                         device=self.device):
@@ -343,9 +344,10 @@ class PGU(Method):
                         lr_unit = weight_norm / grad_norm if grad_norm > 0 else None
                         self.info.setdefault("lr_unit", lr_unit)
                     if lr_unit is not None:
-                        if c.lr_scale == "weight_norm":  # |projected g_t| / |projected g_1|
-                            growth = _norm(grads.values()) * lr_unit / weight_norm
-                            self.info["grad_growth"] = max(self.info.get("grad_growth", 0.0), growth)
+                        if c.lr_scale == "weight_norm" and grads:  # kept on the device: no host sync a step
+                            squared = sum(g.detach().double().pow(2).sum() for g in grads.values())
+                            largest_squared = squared if largest_squared is None else torch.maximum(
+                                largest_squared, squared)
                         for name, g in grads.items():
                             weights[name].add_(g, alpha=-lr * lr_unit)
                 step += 1
@@ -357,6 +359,8 @@ class PGU(Method):
                         boost *= c.stall_lr_factor
                 if reason is not None or step >= budget:
                     break
+        if largest_squared is not None:  # |projected g_t| / |projected g_1|, the largest over the steps
+            self.info["grad_growth"] = math.sqrt(float(largest_squared)) * lr_unit / weight_norm
         self.info.update(stop_reason=reason or f"step budget ({budget} steps, {c.max_epochs} passes)",
                          pgu_steps=step, lr_boost=boost,
                          forget_passes=self.counter.sample_passes / max(len(forget), 1))
