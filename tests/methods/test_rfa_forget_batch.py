@@ -10,7 +10,7 @@ import torch
 import unlearnkit as uk
 from unlearnkit.bench.budget import PLANS
 from unlearnkit.errors import InvalidConfigError
-from unlearnkit.methods.rfa_lora import RfaLora, forget_batch_size_for, forget_passes_per_epoch
+from unlearnkit.methods.rfa_lora import RfaLora, forget_batch_size_for, forget_samples_per_epoch
 from unlearnkit.workflow import parse_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # a 2-thread step is ~5x slower on the busy CI cores
@@ -42,7 +42,7 @@ def test_forget_batch_size_sets_the_forget_samples_an_epoch_sees(trained_cnn, cl
     assert result.sample_passes == rows
     config = uk.make_config("rfa_lora", batch_size=BATCH, forget_batch_size=option)
     # the planned figure is an average over epochs (the cycle through D_f does not restart with an epoch)
-    assert forget_passes_per_epoch(config, len(class3.retain), len(class3.forget)) == pytest.approx(forget_seen,
+    assert forget_samples_per_epoch(config, len(class3.retain), len(class3.forget)) == pytest.approx(forget_seen,
                                                                                                   rel=0.01)
     assert result.info["rfa_forget_batch_size"] == forget_batch_size_for(config, len(class3.retain),
                                                                          len(class3.forget))
@@ -51,11 +51,11 @@ def test_forget_batch_size_sets_the_forget_samples_an_epoch_sees(trained_cnn, cl
 def test_once_per_epoch_size_covers_the_forget_set_once():
     config = uk.make_config("rfa_lora", batch_size=64, forget_batch_size="once_per_epoch")
     assert forget_batch_size_for(config, 2250, 250) == 7  # 36 retain batches x 7 >= 250
-    assert forget_passes_per_epoch(config, 2250, 250) == 250
+    assert forget_samples_per_epoch(config, 2250, 250) == 250
     assert forget_batch_size_for(config, 64, 1000) == 1000  # one retain batch: the whole forget set
     default = uk.make_config("rfa_lora", batch_size=64)
     assert forget_batch_size_for(default, 2250, 250) == 64
-    assert forget_passes_per_epoch(default, 2250, 250) == 2250  # 36 steps, 4 forget batches a pass
+    assert forget_samples_per_epoch(default, 2250, 250) == 2250  # 36 steps, 4 forget batches a pass
     # the benchmark's equal-budget rule counts the forget passes the option gives
     assert PLANS["rfa_lora"](config, 2250, 250) == ("epochs", 2500, 0)
     assert PLANS["rfa_lora"](default, 2250, 250) == ("epochs", 4500, 0)

@@ -41,9 +41,9 @@ def _scrub(c, n_r, n_f):  # a min-phase over D_r per epoch, a max-phase over D_f
 
 
 def _rfa_lora(c, n_r, n_f):  # each retain batch is joined by a forget batch (forget_batch_size)
-    from ..methods.rfa_lora import forget_passes_per_epoch
+    from ..methods.rfa_lora import forget_samples_per_epoch
 
-    return "epochs", n_r + forget_passes_per_epoch(c, n_r, n_f), 0
+    return "epochs", n_r + forget_samples_per_epoch(c, n_r, n_f), 0
 
 
 PLANS: dict[str, PlanFn] = {

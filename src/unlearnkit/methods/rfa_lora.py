@@ -134,7 +134,7 @@ def retain_steps_per_epoch(config: RfaLoraConfig, n_retain: int) -> int:
     return max(1, math.ceil(n_retain / config.batch_size))
 
 
-def forget_passes_per_epoch(config: RfaLoraConfig, n_retain: int, n_forget: int) -> float:
+def forget_samples_per_epoch(config: RfaLoraConfig, n_retain: int, n_forget: int) -> float:
     """Forget samples an epoch trains on, on average: the forget batches cycle through D_f, each pass ending
     with a partial batch, so a step takes ``n_forget / batches per pass`` of them."""
     if n_forget <= 0:
