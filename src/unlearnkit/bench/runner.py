@@ -43,6 +43,7 @@ from typing import Any, Callable
 import torch
 
 from ..checkpoint import load_checkpoint, read_meta
+from ..data.checks import in_output_probe
 from ..errors import UnlearnkitError
 from ..performance import channels_last, move_dataset_to, set_channels_last
 from ..progress import progress_bar
@@ -149,7 +150,8 @@ class ForwardOnlyCounter:
     method's working copy and any teacher copied from it count too): evaluation checks, PGU's
     Gram passes, SCRUB's teacher and RFA-LoRA's frozen pass. Forward + backward passes are the
     methods' own ``sample_passes``; passes inside torch.func transforms (SSD's per-sample
-    gradients, which are forward + backward and already counted) are skipped.
+    gradients, which are forward + backward and already counted) and the data checks' one-sample
+    probe of the model's outputs are skipped.
     """
 
     def __init__(self) -> None:
@@ -159,7 +161,8 @@ class ForwardOnlyCounter:
         return self
 
     def __call__(self, module, args, kwargs) -> None:
-        if torch.is_grad_enabled() or torch._C._functorch.peek_interpreter_stack() is not None:
+        if (torch.is_grad_enabled() or torch._C._functorch.peek_interpreter_stack() is not None
+                or in_output_probe()):
             return
         self.samples += _batch_length(args, kwargs)
 

@@ -7,6 +7,7 @@ the dataset keeps them apart from its inputs (else the first batch is checked).
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -69,6 +70,14 @@ def _cheap_labels(dataset: Dataset) -> torch.Tensor:
     return next(iter(iterate_batches(dataset, 64)))[1]
 
 
+_probe_state = threading.local()
+
+
+def in_output_probe() -> bool:
+    """True while :func:`model_outputs` runs its one-sample probe: a check on the data, not a method's work."""
+    return getattr(_probe_state, "active", False)
+
+
 @torch.no_grad()
 def model_outputs(model: nn.Module, dataset: Dataset) -> int:
     """The number of logits ``model`` returns, from one sample of ``dataset``."""
@@ -78,9 +87,11 @@ def model_outputs(model: nn.Module, dataset: Dataset) -> int:
     x, _ = next(iter(iterate_batches(dataset, 1, device=model_device(model))))
     was_training = model.training
     model.eval()
+    _probe_state.active = True
     try:
         return int(forward(model, x).shape[1])
     finally:
+        _probe_state.active = False
         model.train(was_training)
 
 
