@@ -15,11 +15,14 @@ oracle's RTE and sample-passes.
     python benchmarks/pgu_regime_check.py ... --old-src /work/wt-pguold/src --old-set
 
 Nothing is ever trained and nothing is written into --bench: the cached originals and oracles are copied to
-WORK/cache first (an uncached one is an error). Each ``--set KEY=VALUE ...`` is one row of the current PGU
-(no pairs: its defaults; without --set one row at the defaults, none when --old-src is given); each ``--old-set ...`` one row of the old one, whose request runs in a fresh process
-importing the old package (its weights and facts come back through WORK/old/) and is evaluated here with the
-current evaluation code. One torch thread by default; seconds are wall time on whatever else the machine runs,
-so compare rows of one invocation and read the sample counts, which are exact.
+WORK/cache first (an uncached original is an error; an oracle still training in the benchmark run is waited
+for up to --wait minutes, the requests run first since they do not need it). Each ``--set KEY=VALUE ...``
+is one row of the current PGU (no pairs: its defaults; without --set one row at the defaults, none when
+--old-src is given); each ``--old-set ...`` one row of the old one, whose request runs in a fresh process
+importing the old package (its weights and facts come back through WORK/old/; the process checks it reads
+the same images and labels) and is evaluated here with the current evaluation code. One torch thread by
+default; seconds are wall time on whatever else the machine runs, so compare rows of one invocation and
+read the sample counts, which are exact.
 """
 
 from __future__ import annotations
@@ -120,7 +123,8 @@ def copy_cache(bench: Path, work: Path) -> Path:
     for folder in ("originals", "oracles"):
         for unit in sorted((bench / "cache" / folder).glob("*")):
             target = work / "cache" / folder / unit.name
-            if target.exists() or not (unit / "checkpoint.json").is_file() or not (unit / "model.safetensors").is_file():
+            finished = (unit / "checkpoint.json").is_file() and (unit / "model.safetensors").is_file()
+            if unit.name.startswith(".") or target.exists() or not finished:  # "." names: a save in progress
                 continue
             tmp = target.with_name(target.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -177,7 +181,8 @@ def print_row(row: dict) -> None:
           f"stop: {row['stop']}; {figures}", flush=True)
 
 
-def old_request(args, runner, original_key: str, meta, data, heldout, overrides: dict, scenario: str, index: int) -> tuple[dict, Path]:
+def old_request(args, runner, original_key: str, meta, data, heldout, overrides: dict, scenario: str,
+                index: int) -> tuple[dict, Path]:
     """Run the old package's PGU in a subprocess on the same splits; (its facts, its weights file)."""
     out = Path(args.work) / "old" / f"{scenario.replace(':', '')}-s{args.seed}-{index}"
     out.mkdir(parents=True, exist_ok=True)
@@ -207,6 +212,8 @@ def main() -> None:
                         help="old-PGU overrides; repeat for several rows (default with --old-src: its defaults)")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--wait", type=float, default=0,
+                        help="minutes to wait for an oracle the benchmark run is still training (default: none)")
     parser.add_argument("--request-only", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.request_only:
@@ -231,10 +238,31 @@ def main() -> None:
                      (args.old_set or [[]])] if args.old_src else [])
     from unlearnkit.workflow import forget_data
 
-    report = {"args": vars(args), "scenarios": {}}
+    report = {"args": vars(args), "commits": {"current": git_commit(Path(__file__).parent),
+                                              "old": git_commit(Path(args.old_src)) if args.old_src else None},
+              "scenarios": {}}
     for scenario in args.scenario:
         data = forget_data(runner.splits, scenario, args.seed)
-        oracle, oracle_result = runner.oracle(meta, original_key, scenario, args.seed, data)
+        # the requests first: they need no oracle, which may still be training in the benchmark run
+        jobs = [("current", o) for o in settings] + [("old", o) for o in old_settings]
+        runs = []
+        for index, (code, overrides) in enumerate(jobs):
+            label = f"{code} pgu" + "".join(f" {k}={v}" for k, v in overrides.items())
+            if code == "current":
+                result, prepare_forward, request_forward = run_request(original, data.retain, data.forget,
+                                                                       runner.heldout, overrides, args.seed)
+                model, facts = result.model, result.to_dict()
+            else:
+                facts, weights = old_request(args, runner, original_key, meta, data, runner.heldout, overrides,
+                                             scenario, index)
+                model = copy.deepcopy(original)
+                model.load_state_dict(load_file(str(weights)))
+                prepare_forward, request_forward = facts["prepare_forward"], facts["request_forward"]
+            print(f"{label}: done, {facts['sample_passes']} fwd+bwd, stop: {facts['info'].get('stop_reason')}",
+                  flush=True)
+            runs.append((label, model.eval(), facts, prepare_forward, request_forward))
+
+        oracle, oracle_result = wait_for_oracle(runner, bench, meta, original_key, scenario, args, data)
         oracle_eval = evaluate(oracle, data, seed=args.seed, batch_size=config.eval_batch_size)
         retrain_s, retrain_passes = oracle_result.seconds, oracle_result.sample_passes
         rows = [{"run": "retrain", "seconds": retrain_s, "sample_passes": retrain_passes,
@@ -249,25 +277,34 @@ def main() -> None:
         for row in rows:
             print_row(row)
         report["scenarios"][scenario] = {"rows": rows}
-
-        jobs = [("current", o) for o in settings] + [("old", o) for o in old_settings]
-        for index, (code, overrides) in enumerate(jobs):
-            label = f"{code} pgu" + "".join(f" {k}={v}" for k, v in overrides.items())
-            if code == "current":
-                result, prepare_forward, request_forward = run_request(original, data.retain, data.forget, runner.heldout,
-                                                                       overrides, args.seed)
-                model, facts = result.model, result.to_dict()
-            else:
-                facts, weights = old_request(args, runner, original_key, meta, data, runner.heldout, overrides, scenario, index)
-                model = copy.deepcopy(original)
-                model.load_state_dict(load_file(str(weights)))
-                prepare_forward, request_forward = facts["prepare_forward"], facts["request_forward"]
-            metrics, _ = evaluate_model(model.eval(), data, reference=oracle_eval, result=facts, seed=args.seed,
+        for label, model, facts, prepare_forward, request_forward in runs:
+            metrics, _ = evaluate_model(model, data, reference=oracle_eval, result=facts, seed=args.seed,
                                         batch_size=config.eval_batch_size)
             row = request_row(label, facts, prepare_forward, request_forward, metrics, retrain_s, retrain_passes)
             rows.append(row)
             print_row(row)
             write_report(args.out, report)  # after every row: a later failure keeps the earlier ones
+
+
+def wait_for_oracle(runner, bench: Path, meta, original_key: str, scenario: str, args, data):
+    """The scenario's cached oracle, copied from ``bench`` once it is there (waiting up to --wait minutes)."""
+    from unlearnkit.errors import UnlearnkitError
+
+    deadline = time.monotonic() + 60 * args.wait
+    while True:
+        copy_cache(bench, Path(args.work))
+        try:
+            return runner.oracle(meta, original_key, scenario, args.seed, data)
+        except UnlearnkitError:
+            if time.monotonic() > deadline:
+                raise
+        print(f"waiting for the {scenario} oracle to be cached in {bench}", flush=True)
+        time.sleep(60)
+
+
+def git_commit(folder: Path) -> str | None:
+    done = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None
 
 
 def write_report(path: str | None, report: dict) -> None:
