@@ -36,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 METHODS = ("finetune", "lora", "prune_lora", "rfa_lora")
 
@@ -61,6 +62,35 @@ def real_data(dataset: str, subset: int | None, scenario: str):
     return data.retain, data.forget
 
 
+def save_split(path: str, retain, forget) -> None:
+    """The retain and forget samples as plain arrays (safetensors), so each method's process reads them in
+    well under a second instead of decoding the whole JPEG dataset again (~10-30 s a process)."""
+    from safetensors.torch import save_file
+
+    from unlearnkit.data.loading import resolve_arrays
+
+    tensors = {}
+    for part, dataset in (("retain", retain), ("forget", forget)):
+        base, indices = resolve_arrays(dataset)
+        tensors[f"{part}_x"], tensors[f"{part}_y"] = base.x[indices].contiguous(), base.y[indices].contiguous()
+    for name in ("mean", "std"):
+        if getattr(base, name) is not None:
+            tensors[name] = getattr(base, name).flatten().contiguous()
+    save_file(tensors, path, metadata={"scale": str(base.scale)})
+
+
+def load_split(path: str):
+    from safetensors import safe_open
+
+    from unlearnkit.data import ArrayDataset
+
+    with safe_open(path, "pt") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+        scale = float(f.metadata()["scale"])
+    norm = dict(scale=scale, mean=t.get("mean"), std=t.get("std"))
+    return (ArrayDataset(t["retain_x"], t["retain_y"], **norm), ArrayDataset(t["forget_x"], t["forget_y"], **norm))
+
+
 def option_value(text: str):
     """A JSON value, else the bare string (``once_per_epoch``)."""
     try:
@@ -79,7 +109,7 @@ def split_method(spec: str) -> tuple[str, dict]:
 
 def run_one(model_name: str, method: str, n: int, batch_size: int, threads: int, lora_options: dict,
             dataset: str | None = None, subset: int | None = None, scenario: str = "class:3",
-            weights: str | None = None) -> dict:
+            weights: str | None = None, split_file: str | None = None) -> dict:
     import torch
     from torch.utils.data import Subset
 
@@ -89,7 +119,10 @@ def run_one(model_name: str, method: str, n: int, batch_size: int, threads: int,
 
     torch.set_num_threads(threads)
     set_progress(False)
-    retain, forget = real_data(dataset, subset, scenario) if dataset else random_data(n)
+    if split_file:
+        retain, forget = load_split(split_file)
+    else:
+        retain, forget = real_data(dataset, subset, scenario) if dataset else random_data(n)
     torch.manual_seed(0)
     model = uk.create_model(model_name, num_classes=10, in_channels=3, image_size=32)
     if weights:
@@ -170,6 +203,7 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="safetensors state dict to start from (one model)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--inner", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--split-file", default=None, help=argparse.SUPPRESS)  # the parent's decoded data
     args = parser.parse_args()
     data_args = ["--scenario", args.scenario]
     for flag, value in (("--dataset", args.dataset), ("--subset", args.subset), ("--weights", args.weights)):
@@ -178,7 +212,7 @@ def main() -> None:
     if args.inner:
         lora_options = {k: option_value(v) for k, v in (item.split("=", 1) for item in args.set)}
         print(json.dumps(run_one(*args.inner, args.n, args.batch_size, args.threads, lora_options,
-                                 args.dataset, args.subset, args.scenario, args.weights)))
+                                 args.dataset, args.subset, args.scenario, args.weights, args.split_file)))
         return
     if args.dropout_steps:
         for model_name in args.models.split(","):
@@ -195,6 +229,21 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     methods = args.methods.split(",")
     rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.dataset:  # decoded once here, read by every method's process
+            data_args += ["--split-file", os.path.join(tmp, "split.safetensors")]
+            save_split(data_args[-1], *real_data(args.dataset, args.subset, args.scenario))
+        rows = measure(args, methods, data_args, env)
+    if args.json:
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:
+            json.dump([{**row, "conditions": what} for row in rows], f, indent=1)  # a list: pgu_cost.py reads it
+        os.replace(tmp, args.json)  # atomic
+
+
+def measure(args, methods: list[str], data_args: list[str], env: dict) -> list[dict]:
+    """Each method in a fresh process, ``--repeats`` rounds; prints the table and returns its rows."""
+    rows = []
     for model_name in args.models.split(","):
         runs: dict[str, list[dict]] = {m: [] for m in methods}
         for _ in range(args.repeats):  # round-robin, so drifting machine load hits every method alike
@@ -204,12 +253,15 @@ def main() -> None:
                                       *data_args, *[f"--set={item}" for item in args.set]],
                                      env=env, check=True, capture_output=True, text=True)
                 runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(json.dumps(runs[method][-1]), file=sys.stderr, flush=True)  # each run as it ends: a cut run
+                # still leaves what it measured
         medians = {m: statistics.median(r["epoch_s"] for r in runs[m]) for m in methods}
         base, lora = medians.get("finetune"), medians.get("lora")
         for method in methods:
             row = dict(runs[method][0])
             for key in ("epoch_s", "prepare_s", "peak_mb"):
                 row[key] = statistics.median(r[key] for r in runs[method])
+            row["epoch_s_each"] = [r["epoch_s"] for r in runs[method]]  # the spread behind the median
             row["vs_finetune"] = row["epoch_s"] / base if base else None
             row["vs_lora"] = row["epoch_s"] / lora if lora else None
             rows.append(row)
@@ -217,11 +269,7 @@ def main() -> None:
             print(f"| {model_name} | {method} | {row['epoch_s']:.2f} | {ratios} | {row['prepare_s']:.2f} | "
                   f"{row['epoch_s'] + row['prepare_s']:.2f} | {row['peak_mb']:.0f} | {row['sample_passes']:,} | "
                   f"{row['trainable']:,} / {row['total']:,} |", flush=True)
-    if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump([{**row, "conditions": what} for row in rows], f, indent=1)  # a list: pgu_cost.py reads it
-        os.replace(tmp, args.json)  # atomic
+    return rows
 
 
 if __name__ == "__main__":

@@ -29,3 +29,17 @@ def test_cifar_configs_ship_a_tuning_grid_that_builds(name, tmp_path, monkeypatc
     assert len(rows) == 1 + sum(len(grid_points(g)) for g in config.tuning["grid"].values())
     for label, (method, overrides) in rows.items():
         assert config.method_config(method, meta, overrides=overrides) is not None, label
+
+
+@pytest.mark.parametrize("name", ["cifar10-memorise", "cifar10-pretrained", "smoke"])
+def test_tuning_grid_points_build_different_configs(name, tmp_path, monkeypatch):
+    """A grid value a method cannot tell from its default (a null dropped by make_config, say) makes two points
+    one config run twice: every point of a method's grid must build a config of its own."""
+    monkeypatch.chdir(tmp_path)
+    config = load_bench_config(name)
+    meta = {"recipe": config.recipe_for(0).to_dict()}
+    for method, grid in config.tuning["grid"].items():
+        base = config.methods.get(method, {})
+        keys = [config.method_config(method, meta, overrides={**base, **point}).key_dict()
+                for point in grid_points(grid)]
+        assert len({repr(sorted(k.items())) for k in keys}) == len(keys), method

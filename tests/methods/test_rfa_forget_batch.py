@@ -33,14 +33,19 @@ def _samples_trained_on(model, data, **options) -> tuple[int, uk.UnlearnResult]:
     return sum(rows), result
 
 
-@pytest.mark.parametrize("option, forget_seen", [(None, 5 * 134),  # batches of 128 + 6: five passes in 10 steps
+DEFAULT = object()  # no forget_batch_size given
+
+
+@pytest.mark.parametrize("option, forget_seen", [(DEFAULT, 134),  # the default: once_per_epoch
+                                                 ("batch_size", 5 * 134),  # 128 + 6: five passes in 10 steps
                                                  ("once_per_epoch", 134),  # batches of 14: one pass
                                                  (3, 30)])
 def test_forget_batch_size_sets_the_forget_samples_an_epoch_sees(trained_cnn, class3, option, forget_seen):
-    rows, result = _samples_trained_on(trained_cnn, class3, forget_batch_size=option)
+    options = {} if option is DEFAULT else {"forget_batch_size": option}
+    rows, result = _samples_trained_on(trained_cnn, class3, **options)
     assert rows - len(class3.retain) == forget_seen
     assert result.sample_passes == rows
-    config = uk.make_config("rfa_lora", batch_size=BATCH, forget_batch_size=option)
+    config = uk.make_config("rfa_lora", batch_size=BATCH, **options)
     # the planned figure is an average over epochs (the cycle through D_f does not restart with an epoch)
     assert forget_samples_per_epoch(config, len(class3.retain), len(class3.forget)) == pytest.approx(forget_seen,
                                                                                                   rel=0.01)
@@ -53,12 +58,13 @@ def test_once_per_epoch_size_covers_the_forget_set_once():
     assert forget_batch_size_for(config, 2250, 250) == 7  # 36 retain batches x 7 >= 250
     assert forget_samples_per_epoch(config, 2250, 250) == 250
     assert forget_batch_size_for(config, 64, 1000) == 1000  # one retain batch: the whole forget set
-    default = uk.make_config("rfa_lora", batch_size=64)
-    assert forget_batch_size_for(default, 2250, 250) == 64
-    assert forget_samples_per_epoch(default, 2250, 250) == 2250  # 36 steps, 4 forget batches a pass
+    every_step = uk.make_config("rfa_lora", batch_size=64, forget_batch_size="batch_size")
+    assert forget_batch_size_for(every_step, 2250, 250) == 64
+    assert forget_samples_per_epoch(every_step, 2250, 250) == 2250  # 36 steps, 4 forget batches a pass
     # the benchmark's equal-budget rule counts the forget passes the option gives
     assert PLANS["rfa_lora"](config, 2250, 250) == ("epochs", 2500, 0)
-    assert PLANS["rfa_lora"](default, 2250, 250) == ("epochs", 4500, 0)
+    assert PLANS["rfa_lora"](every_step, 2250, 250) == ("epochs", 4500, 0)
+    assert PLANS["rfa_lora"](uk.make_config("rfa_lora", batch_size=64), 2250, 250) == ("epochs", 2500, 0)
 
 
 def test_once_per_epoch_still_forgets(trained_cnn, class3):
@@ -73,17 +79,23 @@ def test_once_per_epoch_still_forgets(trained_cnn, class3):
 @pytest.mark.parametrize("bad", [0, -2, "once", 2.5, True])
 def test_forget_batch_size_bad_values_name_the_field_and_what_is_allowed(bad):
     with pytest.raises(InvalidConfigError, match=r"'forget_batch_size' parameter of RfaLoraConfig must be an int "
-                                                 r"in the range \[1, inf\), one of 'once_per_epoch' or None"):
+                                                 r"in the range \[1, inf\), one of 'batch_size', 'once_per_epoch' or None"):
         uk.make_config("rfa_lora", forget_batch_size=bad)
 
 
 def test_forget_batch_size_from_the_command_line():
     assert parse_overrides("rfa_lora", ["forget_batch_size=once_per_epoch"]) == {"forget_batch_size": "once_per_epoch"}
     assert parse_overrides("rfa_lora", ["forget_batch_size=16"]) == {"forget_batch_size": 16}
+    assert parse_overrides("rfa_lora", ["forget_batch_size=batch_size"]) == {"forget_batch_size": "batch_size"}
     assert parse_overrides("rfa_lora", ["forget_batch_size=none"]) == {"forget_batch_size": None}
 
 
-def test_forget_batch_size_at_its_default_keeps_cache_keys():
-    """Stored benchmark results are keyed on ``key_dict()``: the new field is left out at its default."""
-    assert "forget_batch_size" not in uk.make_config("rfa_lora").key_dict()
+def test_cache_keys_tell_the_default_from_the_earlier_batches():
+    """Stored benchmark results are keyed on ``key_dict()``: runs made before the field existed (a forget batch of
+    batch_size, now ``"batch_size"``) keep their keys, and the new default ``once_per_epoch`` never reuses them."""
+    assert uk.make_config("rfa_lora").forget_batch_size == "once_per_epoch"
+    assert uk.make_config("rfa_lora").key_dict()["forget_batch_size"] == "once_per_epoch"
+    earlier = uk.make_config("rfa_lora", forget_batch_size="batch_size").key_dict()
+    assert "forget_batch_size" not in earlier
+    assert earlier == {k: v for k, v in uk.make_config("rfa_lora").key_dict().items() if k != "forget_batch_size"}
     assert uk.make_config("rfa_lora", forget_batch_size=8).key_dict()["forget_batch_size"] == 8

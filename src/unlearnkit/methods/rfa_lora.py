@@ -30,9 +30,10 @@ Every detail below is OURS (the paper does not fix them):
   input model's feature; LoRA dropout is therefore inactive.
 - **Batches**: each step joins a retain batch (an epoch is one pass over D_r) and
   a forget batch drawn by cycling through the forget set, of ``forget_batch_size``
-  samples: None = ``batch_size`` (default; several passes over D_f an epoch),
-  ``"once_per_epoch"`` = ceil(|D_f| / retain batches), or a number. The paper's
-  batch scheme is not public (docs/methods/lora.md, "Session 6").
+  samples: ``"once_per_epoch"`` (default) = ceil(|D_f| / retain batches), about one
+  pass over D_f an epoch; ``"batch_size"`` (or None) = ``batch_size`` (several
+  passes over D_f an epoch, the default until session 7), or a number. The paper's batch scheme is not
+  public; the default was chosen by measurement (docs/methods/lora.md, "Session 7").
 - **Loss** per step, for a retain batch and a forget batch, averaged over aligned
   layers, with per-sample *relative* squared norms so layers of different scale
   weigh the same::
@@ -85,6 +86,7 @@ from .lora import LoraAdapterConfig, LoraMethod, cycle_batches
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.ReLU6)
 HEAD_INPUT = "<head input>"
 ONCE_PER_EPOCH = "once_per_epoch"
+EVERY_STEP_BATCH = "batch_size"  # a forget batch of batch_size beside every retain batch: the default until session 7
 
 
 @dataclass(kw_only=True)
@@ -101,11 +103,10 @@ class RfaLoraConfig(LoraAdapterConfig):
     ce_weight: float = field(1.0, "Weight of the cross-entropy on retain batches (0 = alignment only).")
     feature_cache_mb: float = field(
         1024.0, "Memory for the original features, computed once before training (0 = recompute every step).")
-    forget_batch_size: int | Literal["once_per_epoch"] | None = field(
-        None, "Forget samples joined to each retain batch: None = batch_size (the forget set cycles several "
-              "times an epoch); 'once_per_epoch' = ceil(|D_f| / retain batches), about one pass an epoch.")
-
-    added_fields = LoraAdapterConfig.added_fields + ("forget_batch_size",)
+    forget_batch_size: int | Literal["once_per_epoch", "batch_size"] | None = field(
+        ONCE_PER_EPOCH, "Forget samples joined to each retain batch: 'once_per_epoch' = ceil(|D_f| / retain "
+                        "batches), about one pass over D_f an epoch; 'batch_size' = batch_size (several passes "
+                        "over D_f an epoch; the earlier default, also what None means); or a number.")
 
     constraints = {
         "layers": [NameList("module names"), None],
@@ -115,15 +116,24 @@ class RfaLoraConfig(LoraAdapterConfig):
         "forget_weight": [Interval(float, 0, None, closed="left")],
         "ce_weight": [Interval(float, 0, None, closed="left")],
         "feature_cache_mb": [Interval(float, 0, None, closed="left")],
-        "forget_batch_size": [Interval(int, 1, None), Options(ONCE_PER_EPOCH), None],
+        "forget_batch_size": [Interval(int, 1, None), Options(ONCE_PER_EPOCH, EVERY_STEP_BATCH), None],
     }
+
+    def key_dict(self) -> dict:
+        """Cache keys: ``forget_batch_size`` is left out for the batches every run made before the field existed
+        ('batch_size', or None), so their stored results keep their keys; the default ``once_per_epoch`` is in the
+        key, so it never reuses them."""
+        key = super().key_dict()
+        if self.forget_batch_size in (None, EVERY_STEP_BATCH):
+            key.pop("forget_batch_size", None)
+        return key
 
 
 def forget_batch_size_for(config: RfaLoraConfig, n_retain: int, n_forget: int) -> int:
-    """Forget samples per step: ``forget_batch_size``, or ``batch_size`` when that is None, or for
-    ``"once_per_epoch"`` the smallest size whose batches, one per retain batch, cover D_f in an epoch."""
+    """Forget samples per step: ``forget_batch_size``, or ``batch_size`` when that is ``"batch_size"`` or None, or
+    for ``"once_per_epoch"`` the smallest size whose batches, one per retain batch, cover D_f in an epoch."""
     size = config.forget_batch_size
-    if size is None:
+    if size is None or size == EVERY_STEP_BATCH:
         return config.batch_size
     if size == ONCE_PER_EPOCH:
         return max(1, math.ceil(n_forget / retain_steps_per_epoch(config, n_retain)))
