@@ -151,9 +151,9 @@ class Config:
 
     constraints: ClassVar[dict[str, list]] = {}
     deprecated_names: ClassVar[dict[str, str]] = {}  # old field name -> current name
-    # fields added after caches were keyed on ``to_dict()``: left out of ``key_dict()`` at their default,
-    # so that results cached before the field existed keep their keys
-    added_fields: ClassVar[tuple[str, ...]] = ()
+    # fields added after caches were keyed on ``to_dict()`` -> the values that reproduce what runs did before the
+    # field existed: left out of ``key_dict()`` at those values, so results cached before it keep their keys
+    added_fields: ClassVar[dict[str, tuple]] = {}
 
     def __post_init__(self) -> None:
         self.validate()
@@ -249,10 +249,8 @@ class Config:
         return out
 
     def key_dict(self) -> dict[str, Any]:
-        """``to_dict()`` for cache keys: ``added_fields`` that are at their default are left out."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        return {k: v for k, v in self.to_dict().items()
-                if not (k in self.added_fields and v == defaults.get(k))}
+        """``to_dict()`` for cache keys: ``added_fields`` at a value from before the field existed are left out."""
+        return {k: v for k, v in self.to_dict().items() if v not in self.added_fields.get(k, ())}
 
     def replace(self, **changes):
         changes, used = self.rename_deprecated(changes)

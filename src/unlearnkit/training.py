@@ -168,7 +168,7 @@ def fit(model: nn.Module, dataset: Dataset, step_fn: StepFn, optimizer: torch.op
 class Recipe(Config):
     """How to train a model from scratch: used for the original and for the retrain oracle."""
 
-    added_fields = ("augment_epochs",)
+    added_fields = {"augment_epochs": (None,)}  # None: every epoch augmented, as before the field
 
     optimizer: Literal["sgd", "adam", "adamw"] = field("sgd", "Optimizer.")
     lr: float = field(0.1, "Peak learning rate.")

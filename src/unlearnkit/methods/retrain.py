@@ -32,7 +32,7 @@ _RECIPE = Recipe()
 class RetrainConfig(MethodConfig):
     """The training recipe of the original model (see ``unlearnkit.training.Recipe``)."""
 
-    added_fields = ("augment_epochs",)
+    added_fields = {"augment_epochs": (None,)}  # None: every epoch augmented, as before the field
 
     optimizer: Literal["sgd", "adam", "adamw"] = field(_RECIPE.optimizer, "Optimizer.")
     lr: float = field(_RECIPE.lr, "Peak learning rate.")

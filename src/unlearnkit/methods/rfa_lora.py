@@ -119,14 +119,9 @@ class RfaLoraConfig(LoraAdapterConfig):
         "forget_batch_size": [Interval(int, 1, None), Options(ONCE_PER_EPOCH, EVERY_STEP_BATCH), None],
     }
 
-    def key_dict(self) -> dict:
-        """Cache keys: ``forget_batch_size`` is left out for the batches every run made before the field existed
-        ('batch_size', or None), so their stored results keep their keys; the default ``once_per_epoch`` is in the
-        key, so it never reuses them."""
-        key = super().key_dict()
-        if self.forget_batch_size in (None, EVERY_STEP_BATCH):
-            key.pop("forget_batch_size", None)
-        return key
+    # runs before the field existed took a forget batch of batch_size (None meant the same): their stored results
+    # keep their keys; the default once_per_epoch is in the key, so it never reuses them
+    added_fields = {"forget_batch_size": (None, EVERY_STEP_BATCH)}
 
 
 def forget_batch_size_for(config: RfaLoraConfig, n_retain: int, n_forget: int) -> int:
