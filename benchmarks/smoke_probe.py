@@ -16,25 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
 from unlearnkit.bench import load_bench_config
 from unlearnkit.bench.runner import BenchRunner, counted_unlearn, evaluate_model
 from unlearnkit.workflow import forget_data, method_options_for
-
-
-def refuse_training(runner: BenchRunner) -> None:
-    """Make ``runner`` load originals and oracles from its cache and stop instead of training one."""
-    train_once = runner._train_once
-
-    def load_only(folder, key, label, train):
-        if not (Path(runner.cache) / folder / key / "checkpoint.json").is_file():
-            raise SystemExit(f"{label} is not in {runner.cache}/{folder}/{key}; --cached-only trains nothing.")
-        return train_once(folder, key, label, train)
-
-    runner._train_once = load_only
 
 
 def main() -> None:
@@ -51,9 +38,7 @@ def main() -> None:
     torch.set_num_threads(1)
     config = load_bench_config(args.config)
     config = config.variant_configs().get(args.variant, config)
-    runner = BenchRunner(config, "/tmp/smoke-probe", cache_dir=args.cache, device="cpu")
-    if args.cached_only:
-        refuse_training(runner)
+    runner = BenchRunner(config, "/tmp/smoke-probe", cache_dir=args.cache, device="cpu", cached_only=args.cached_only)
     original, meta, key = runner.original(0)
     data = forget_data(runner.splits, args.scenario, 0)
     oracle, _ = runner.oracle(meta, key, args.scenario, 0, data)
@@ -73,4 +58,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from unlearnkit.errors import UnlearnkitError
+
+    try:
+        main()
+    except UnlearnkitError as error:  # e.g. --cached-only and the original or oracle not cached
+        raise SystemExit(str(error))

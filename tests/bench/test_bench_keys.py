@@ -62,3 +62,23 @@ def test_cache_keys_and_fingerprints_are_unchanged(tmp_path, monkeypatch):
     again = run_benchmark(CONFIG, tmp_path / "out", cache_dir=cache)
     assert (again.originals_trained, again.oracles_trained, again.sparse_originals_trained, again.computed) == (
         0, 0, 0, 0)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_cached_only_runner_loads_what_a_run_cached_and_trains_nothing(tmp_path):
+    from unlearnkit.bench import load_bench_config
+    from unlearnkit.bench.runner import BenchRunner
+    from unlearnkit.errors import UnlearnkitError
+    from unlearnkit.workflow import forget_data
+
+    config = load_bench_config({**CONFIG, "methods": {"retrain": {}}})
+    empty = BenchRunner(config, tmp_path / "a", cache_dir=tmp_path / "empty", cached_only=True)
+    with pytest.raises(UnlearnkitError, match="not in the cache"):
+        empty.original(0)
+    assert not (tmp_path / "empty" / "originals").exists() and empty.summary.originals_trained == 0
+
+    run_benchmark(config, tmp_path / "b", cache_dir=tmp_path / "cache")
+    cached = BenchRunner(config, tmp_path / "c", cache_dir=tmp_path / "cache", cached_only=True)
+    _, meta, key = cached.original(0)
+    cached.oracle(meta, key, "class:3", 0, forget_data(cached.splits, "class:3", 0))
+    assert cached.summary.originals_trained == cached.summary.oracles_trained == 0

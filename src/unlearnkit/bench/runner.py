@@ -218,8 +218,9 @@ class BenchRunner:
     def __init__(self, config: BenchConfig, out: str | Path, *, overwrite: bool = False,
                  device: str | None = None, cache_dir: str | Path | None = None,
                  on_result: Callable[[dict], None] | None = None,
-                 rows: dict[str, dict[str, tuple[str, dict]]] | None = None):
+                 rows: dict[str, dict[str, tuple[str, dict]]] | None = None, cached_only: bool = False):
         self.config = config
+        self.cached_only = cached_only  # load originals and oracles from the cache, never train one
         self._rows = rows
         self.out = Path(out)
         self.cache = Path(cache_dir) if cache_dir is not None else self.out / "cache"
@@ -352,6 +353,9 @@ class BenchRunner:
         if not self.overwrite and _is_checkpoint(path):
             model, meta = load_checkpoint(path, num_classes=self.splits.num_classes, device=self.device)
             return model, meta, None
+        if self.cached_only:
+            raise UnlearnkitError(f"The {label} is not in the cache ({path}) and this runner trains nothing "
+                                  "(cached_only): let the benchmark run that trains it finish first.")
         with self._resumable(key, label) as resume:
             model, meta, extra, handed_back = train(resume)
         save_model(path, model, meta, {**extra, "bench_key": key, **self._resumed_meta(resume)})
